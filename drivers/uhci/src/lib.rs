@@ -1,0 +1,2 @@
+//! (placeholder: being written)
+#![cfg_attr(not(test), no_std)]

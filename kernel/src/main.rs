@@ -1,0 +1,7 @@
+//! (placeholder: being written)
+#![no_std]
+#![no_main]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
