@@ -1,0 +1,1 @@
+//! Xen ABI definitions with compile-time layout asserts (placeholder: being written).

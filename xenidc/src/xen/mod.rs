@@ -1,0 +1,2 @@
+//! Real-Xen implementation: hypercalls (placeholder: being written).
+#![allow(unsafe_code)]

@@ -1,0 +1,1 @@
+//! Xenbus device state machine (placeholder: being written).

@@ -1,0 +1,1 @@
+//! xenstore wire protocol, client and simulated server (placeholder: being written).
