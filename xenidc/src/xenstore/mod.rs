@@ -1,1 +1,2 @@
-//! xenstore wire protocol, client and simulated server (placeholder: being written).
+//! xenstore: wire protocol, client state machine, ring transport and a simulated server.
+pub mod wire;
