@@ -9,4 +9,7 @@
 
 extern crate alloc;
 
+pub mod descriptor;
 pub mod hc;
+pub mod hub;
+pub mod request;
