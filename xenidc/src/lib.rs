@@ -11,6 +11,7 @@
 extern crate alloc;
 
 pub mod abi;
+pub mod pcifront;
 pub mod xenbus;
 pub mod xenstore;
 
