@@ -11,6 +11,8 @@
 extern crate alloc;
 
 pub mod abi;
+pub mod hypervisor;
+pub mod shm;
 pub mod pcifront;
 pub mod xenbus;
 pub mod xenstore;
