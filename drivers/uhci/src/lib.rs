@@ -6,3 +6,4 @@ extern crate alloc;
 
 pub mod regs;
 pub mod schedule;
+pub mod transfer;
