@@ -25,48 +25,38 @@
 //! The `xen_pci_sharedinfo` layout is defined here as offsets with compile-time checks
 //! ([`layout`]); it mirrors `struct xen_pci_sharedinfo` of `io/pciif.h` (x86_64).
 
+use crate::abi::{DomId, GrantRef, Port};
+use crate::shm::{SharedMem, ShmError};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-/// Layout of `struct xen_pci_sharedinfo` (Xen `io/pciif.h`) as byte offsets into the shared page.
+/// Byte offsets into the shared page of the `xen_pci_sharedinfo` fields pcifront uses, derived from
+/// the ABI structs of [`crate::abi::pciif`].
 pub mod layout {
-    /// `uint32_t flags`.
-    pub const FLAGS: usize = 0;
-    /// `struct xen_pci_op op` starts here.
-    pub const OP: usize = 4;
-    /// Offsets within `struct xen_pci_op`.
-    pub const OP_CMD: usize = 0;
-    pub const OP_ERR: usize = 4;
-    pub const OP_DOMAIN: usize = 8;
-    pub const OP_BUS: usize = 12;
-    pub const OP_DEVFN: usize = 16;
-    pub const OP_OFFSET: usize = 20;
-    pub const OP_SIZE: usize = 24;
-    pub const OP_VALUE: usize = 28;
-    pub const OP_INFO: usize = 32;
-    /// `struct xen_msix_entry msix_entries[SH_INFO_MAX_VEC]`, each `{u16 vector; u16 entry;}`.
-    pub const OP_MSIX_ENTRIES: usize = 36;
-    /// `SH_INFO_MAX_VEC`.
-    pub const MAX_VEC: usize = 128;
-    pub const MSIX_ENTRY_SIZE: usize = 4;
-    /// `sizeof(struct xen_pci_op)`.
-    pub const OP_SIZE_BYTES: usize = OP_MSIX_ENTRIES + MAX_VEC * MSIX_ENTRY_SIZE;
-    /// `struct xen_pcie_aer_op aer_op` (four `uint32_t`).
-    pub const AER_OP: usize = OP + OP_SIZE_BYTES;
-    /// `sizeof(struct xen_pci_sharedinfo)`.
-    pub const SHAREDINFO_SIZE: usize = AER_OP + 16;
+    use crate::abi::pciif::{self, XenPciOp, XenPciSharedInfo};
+    use core::mem::offset_of;
 
-    // The C struct has only 4-byte members: no padding anywhere.
-    const _: () = assert!(OP_SIZE_BYTES == 548);
-    const _: () = assert!(AER_OP == 552);
-    const _: () = assert!(SHAREDINFO_SIZE == 568);
-    const _: () = assert!(SHAREDINFO_SIZE <= 4096);
+    pub const FLAGS: usize = pciif::FLAGS_OFFSET;
+    pub const OP: usize = pciif::OP_OFFSET;
+    pub const OP_CMD: usize = offset_of!(XenPciOp, cmd);
+    pub const OP_ERR: usize = offset_of!(XenPciOp, err);
+    pub const OP_DOMAIN: usize = offset_of!(XenPciOp, domain);
+    pub const OP_BUS: usize = offset_of!(XenPciOp, bus);
+    pub const OP_DEVFN: usize = offset_of!(XenPciOp, devfn);
+    pub const OP_OFFSET: usize = offset_of!(XenPciOp, offset);
+    pub const OP_SIZE: usize = offset_of!(XenPciOp, size);
+    pub const OP_VALUE: usize = offset_of!(XenPciOp, value);
+    pub const OP_INFO: usize = offset_of!(XenPciOp, info);
+
+    const _: () = assert!(offset_of!(XenPciSharedInfo, flags) == FLAGS);
+    const _: () = assert!(offset_of!(XenPciSharedInfo, op) == OP);
+    const _: () = assert!(core::mem::size_of::<XenPciSharedInfo>() <= crate::abi::PAGE_SIZE);
 }
 
 /// `_XEN_PCIF_active`: bit 0 of `flags`, set by the frontend, cleared by the backend.
-pub const XEN_PCIF_ACTIVE: u32 = 1 << 0;
+pub use crate::abi::pciif::XEN_PCIF_ACTIVE;
 /// `XEN_PCI_MAGIC` as written to xenstore.
 pub const XEN_PCI_MAGIC: &str = "7";
 /// The frontend node the toolstack creates for the first (only) PCI frontend.
@@ -242,20 +232,6 @@ pub struct PciFunctionInfo {
     pub header_type: u8,
 }
 
-/// The shared page as the frontend accesses it: little-endian 32-bit words at byte offsets, with
-/// the access rules of memory the backend writes concurrently (volatile accesses; `fetch_*` are
-/// atomic read-modify-writes and full fences).
-pub trait OpPage {
-    fn read32(&self, offset: usize) -> u32;
-    fn write32(&self, offset: usize, value: u32);
-    /// Atomically OR `bits` into the word; returns the previous value.
-    fn fetch_or32(&self, offset: usize, bits: u32) -> u32;
-    /// Atomically AND `mask` into the word; returns the previous value.
-    fn fetch_and32(&self, offset: usize, mask: u32) -> u32;
-    /// Order all earlier accesses to the page before all later ones (both directions).
-    fn fence(&self);
-}
-
 /// Errors of the xenstore / grant / event-channel layer below pcifront, with context.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostError {
@@ -276,23 +252,23 @@ impl fmt::Display for HostError {
 /// The kernel implements it with the real hypervisor and xenstore client; host tests implement it
 /// with a simulated pciback.
 pub trait PcifrontHost {
-    type Page: OpPage;
+    type Page: SharedMem;
     /// Read a xenstore node (path relative to our home, or absolute); `Ok(None)` when it does not
     /// exist.
     fn xs_read(&mut self, path: &str) -> Result<Option<String>, HostError>;
     fn xs_write(&mut self, path: &str, value: &str) -> Result<(), HostError>;
     /// Allocate a zeroed page, grant `backend` read-write access to it and return it with the
     /// grant reference.
-    fn share_page(&mut self, backend: u16) -> Result<(Self::Page, u32), HostError>;
+    fn share_page(&mut self, backend: DomId) -> Result<(Self::Page, GrantRef), HostError>;
     /// Allocate an event channel port that `backend` may bind.
-    fn alloc_unbound(&mut self, backend: u16) -> Result<u32, HostError>;
+    fn alloc_unbound(&mut self, backend: DomId) -> Result<Port, HostError>;
     /// Send an event on `port`.
-    fn notify(&mut self, port: u32);
+    fn notify(&mut self, port: Port);
     /// Block until an event may have arrived on `port` or until `deadline_ns` (in [`now_ns`]
     /// time), whichever is first. Spurious early returns are allowed.
     ///
     /// [`now_ns`]: PcifrontHost::now_ns
-    fn wait_event(&mut self, port: u32, deadline_ns: u64);
+    fn wait_event(&mut self, port: Port, deadline_ns: u64);
     /// Block until the xenstore node `path` may have changed or until `deadline_ns`. Spurious
     /// early returns are allowed.
     fn wait_xs(&mut self, path: &str, deadline_ns: u64);
@@ -329,6 +305,14 @@ pub enum PcifrontError {
     BadAccess { offset: u16, size: u8 },
     /// MSI was enabled but the backend returned no usable pirq.
     BadPirq { value: u32 },
+    /// An access to the shared page failed (cannot happen with a page-sized region).
+    Shm(ShmError),
+}
+
+impl From<ShmError> for PcifrontError {
+    fn from(e: ShmError) -> Self {
+        PcifrontError::Shm(e)
+    }
 }
 
 impl From<HostError> for PcifrontError {
@@ -381,6 +365,7 @@ impl fmt::Display for PcifrontError {
             PcifrontError::BadPirq { value } => {
                 write!(f, "pcifront: backend returned no usable pirq ({value})")
             }
+            PcifrontError::Shm(e) => write!(f, "pcifront: shared page: {e}"),
         }
     }
 }
@@ -411,9 +396,9 @@ pub const MAX_ROOTS: u32 = 32;
 pub struct Pcifront<H: PcifrontHost> {
     host: H,
     page: H::Page,
-    gref: u32,
-    port: u32,
-    backend_id: u16,
+    gref: GrantRef,
+    port: Port,
+    backend_id: DomId,
     backend_path: String,
     roots: Vec<PciRoot>,
     connected: bool,
@@ -446,7 +431,7 @@ impl<H: PcifrontHost> Pcifront<H> {
         let backend_id_node = format!("{FRONTEND_PATH}/backend-id");
         let backend_id = match host.xs_read(&backend_id_node)? {
             Some(v) => match parse_dec(&v) {
-                Some(id) if id < 0x7ff0 => id as u16,
+                Some(id) if DomId(id as u16).is_normal() && id <= 0xffff => DomId(id as u16),
                 _ => {
                     return Err(PcifrontError::BadValue {
                         path: backend_id_node,
@@ -459,13 +444,16 @@ impl<H: PcifrontHost> Pcifront<H> {
 
         let (page, gref) = host.share_page(backend_id)?;
         let port = host.alloc_unbound(backend_id)?;
-        page.write32(layout::FLAGS, 0);
+        page.write_u32(layout::FLAGS, 0)?;
         page.fence();
 
-        host.xs_write(&format!("{FRONTEND_PATH}/pci-op-ref"), &format!("{gref}"))?;
+        host.xs_write(
+            &format!("{FRONTEND_PATH}/pci-op-ref"),
+            &format!("{}", gref.0),
+        )?;
         host.xs_write(
             &format!("{FRONTEND_PATH}/event-channel"),
-            &format!("{port}"),
+            &format!("{}", port.0),
         )?;
         host.xs_write(&format!("{FRONTEND_PATH}/magic"), XEN_PCI_MAGIC)?;
         host.xs_write(
@@ -565,7 +553,7 @@ impl<H: PcifrontHost> Pcifront<H> {
         &self.roots
     }
 
-    pub fn backend_id(&self) -> u16 {
+    pub fn backend_id(&self) -> DomId {
         self.backend_id
     }
 
@@ -574,7 +562,7 @@ impl<H: PcifrontHost> Pcifront<H> {
     }
 
     /// The grant reference of the shared page and our event-channel port.
-    pub fn channel(&self) -> (u32, u32) {
+    pub fn channel(&self) -> (GrantRef, Port) {
         (self.gref, self.port)
     }
 
@@ -601,29 +589,34 @@ impl<H: PcifrontHost> Pcifront<H> {
         }
         let p = &self.page;
         if self.stuck {
-            if p.read32(layout::FLAGS) & XEN_PCIF_ACTIVE != 0 {
+            if p.load_u32_acquire(layout::FLAGS)? & XEN_PCIF_ACTIVE != 0 {
                 return Err(PcifrontError::Busy);
             }
             self.stuck = false;
         }
         let o = layout::OP;
-        p.write32(o + layout::OP_CMD, cmd.0);
-        p.write32(o + layout::OP_ERR, 0);
-        p.write32(o + layout::OP_DOMAIN, addr.segment as u32);
-        p.write32(o + layout::OP_BUS, addr.bus as u32);
-        p.write32(o + layout::OP_DEVFN, addr.devfn());
-        p.write32(o + layout::OP_OFFSET, offset as u32);
-        p.write32(o + layout::OP_SIZE, size as u32);
-        p.write32(o + layout::OP_VALUE, value);
-        p.write32(o + layout::OP_INFO, 0);
-        // The op must be visible before the flag that hands it to the backend.
+        p.write_u32(o + layout::OP_CMD, cmd.0)?;
+        p.write_u32(o + layout::OP_ERR, 0)?;
+        p.write_u32(o + layout::OP_DOMAIN, addr.segment as u32)?;
+        p.write_u32(o + layout::OP_BUS, addr.bus as u32)?;
+        p.write_u32(o + layout::OP_DEVFN, addr.devfn())?;
+        p.write_u32(o + layout::OP_OFFSET, offset as u32)?;
+        p.write_u32(o + layout::OP_SIZE, size as u32)?;
+        p.write_u32(o + layout::OP_VALUE, value)?;
+        p.write_u32(o + layout::OP_INFO, 0)?;
+        // Hand the op to the backend: the release store makes the op visible before the flag. Only
+        // the frontend sets bits in `flags` (we never register an AER handler, so the backend's
+        // AER bits stay clear) and the backend only clears bit 0 after we set it, so a plain
+        // store of the whole word cannot lose a concurrent update.
+        let flags = p.load_u32_acquire(layout::FLAGS)?;
+        p.store_u32_release(layout::FLAGS, flags | XEN_PCIF_ACTIVE)?;
         p.fence();
-        p.fetch_or32(layout::FLAGS, XEN_PCIF_ACTIVE);
         self.host.notify(self.port);
 
         let deadline = self.host.now_ns().saturating_add(self.timeouts.op_ns);
         loop {
-            if self.page.read32(layout::FLAGS) & XEN_PCIF_ACTIVE == 0 {
+            // Acquire: the result is read only after the backend's clearing of the flag.
+            if self.page.load_u32_acquire(layout::FLAGS)? & XEN_PCIF_ACTIVE == 0 {
                 break;
             }
             if self.host.now_ns() >= deadline {
@@ -634,10 +627,8 @@ impl<H: PcifrontHost> Pcifront<H> {
             }
             self.host.wait_event(self.port, deadline);
         }
-        // The result must be read after the backend's clearing of the flag.
-        self.page.fence();
-        let err = PciOpErr(self.page.read32(o + layout::OP_ERR) as i32);
-        let value = self.page.read32(o + layout::OP_VALUE);
+        let err = PciOpErr(self.page.read_u32(o + layout::OP_ERR)? as i32);
+        let value = self.page.read_u32(o + layout::OP_VALUE)?;
         Ok((err, value))
     }
 
@@ -790,6 +781,7 @@ mod tests {
     //! spaces. Time is simulated; every wait advances it, so timeouts are exercised without real
     //! delays.
     use super::*;
+    use crate::shm::HostMem;
     use alloc::collections::BTreeMap;
     use alloc::rc::Rc;
     use alloc::string::ToString;
@@ -799,35 +791,7 @@ mod tests {
     const BACKEND: &str = "/local/domain/0/backend/pci/7/0";
     const STEP_NS: u64 = 1_000_000;
 
-    #[derive(Clone)]
-    struct SimPage(Rc<RefCell<Vec<u8>>>);
-
-    impl SimPage {
-        fn new() -> Self {
-            SimPage(Rc::new(RefCell::new(vec![0; 4096])))
-        }
-    }
-
-    impl OpPage for SimPage {
-        fn read32(&self, offset: usize) -> u32 {
-            let b = self.0.borrow();
-            u32::from_le_bytes(b[offset..offset + 4].try_into().unwrap())
-        }
-        fn write32(&self, offset: usize, value: u32) {
-            self.0.borrow_mut()[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
-        }
-        fn fetch_or32(&self, offset: usize, bits: u32) -> u32 {
-            let old = self.read32(offset);
-            self.write32(offset, old | bits);
-            old
-        }
-        fn fetch_and32(&self, offset: usize, mask: u32) -> u32 {
-            let old = self.read32(offset);
-            self.write32(offset, old & mask);
-            old
-        }
-        fn fence(&self) {}
-    }
+    type SimPage = HostMem;
 
     /// One operation as the backend saw it.
     #[derive(Debug, Clone, PartialEq)]
@@ -875,8 +839,8 @@ mod tests {
     struct Sim {
         xs: BTreeMap<String, String>,
         now: u64,
-        grants: Vec<(u32, u16, SimPage)>,
-        ports: Vec<(u32, u16)>,
+        grants: Vec<(GrantRef, DomId, SimPage)>,
+        ports: Vec<(Port, DomId)>,
         be: Backend,
         fail_write: Option<String>,
     }
@@ -889,7 +853,7 @@ mod tests {
             let gref: u32 = self.xs.get("device/pci/0/pci-op-ref")?.parse().ok()?;
             self.grants
                 .iter()
-                .find(|(g, d, _)| *g == gref && *d == 0)
+                .find(|(g, d, _)| g.0 == gref && *d == DomId::DOM0)
                 .map(|(_, _, p)| p.clone())
         }
 
@@ -911,7 +875,11 @@ mod tests {
                     .xs
                     .get("device/pci/0/event-channel")
                     .and_then(|p| p.parse::<u32>().ok())
-                    .is_some_and(|p| self.ports.iter().any(|(q, d)| *q == p && *d == 0));
+                    .is_some_and(|p| {
+                        self.ports
+                            .iter()
+                            .any(|(q, d)| q.0 == p && *d == DomId::DOM0)
+                    });
                 if magic_ok && page_ok && port_ok {
                     self.set_be_state(state::CONNECTED);
                 } else {
@@ -925,7 +893,7 @@ mod tests {
                 return;
             }
             let Some(page) = self.page() else { return };
-            if page.read32(layout::FLAGS) & XEN_PCIF_ACTIVE == 0 {
+            if page.read_u32(layout::FLAGS).unwrap() & XEN_PCIF_ACTIVE == 0 {
                 return;
             }
             self.be.waits_since_notify += 1;
@@ -937,19 +905,21 @@ mod tests {
             self.be.pending_notify = false;
             let o = layout::OP;
             let op = SeenOp {
-                cmd: page.read32(o + layout::OP_CMD),
-                domain: page.read32(o + layout::OP_DOMAIN),
-                bus: page.read32(o + layout::OP_BUS),
-                devfn: page.read32(o + layout::OP_DEVFN),
-                offset: page.read32(o + layout::OP_OFFSET) as i32,
-                size: page.read32(o + layout::OP_SIZE) as i32,
-                value: page.read32(o + layout::OP_VALUE),
+                cmd: page.read_u32(o + layout::OP_CMD).unwrap(),
+                domain: page.read_u32(o + layout::OP_DOMAIN).unwrap(),
+                bus: page.read_u32(o + layout::OP_BUS).unwrap(),
+                devfn: page.read_u32(o + layout::OP_DEVFN).unwrap(),
+                offset: page.read_u32(o + layout::OP_OFFSET).unwrap() as i32,
+                size: page.read_u32(o + layout::OP_SIZE).unwrap() as i32,
+                value: page.read_u32(o + layout::OP_VALUE).unwrap(),
             };
             self.be.seen.push(op.clone());
             let (err, value) = self.process(&op);
-            page.write32(o + layout::OP_ERR, err as u32);
-            page.write32(o + layout::OP_VALUE, value);
-            page.fetch_and32(layout::FLAGS, !XEN_PCIF_ACTIVE);
+            page.write_u32(o + layout::OP_ERR, err as u32).unwrap();
+            page.write_u32(o + layout::OP_VALUE, value).unwrap();
+            let flags = page.read_u32(layout::FLAGS).unwrap();
+            page.store_u32_release(layout::FLAGS, flags & !XEN_PCIF_ACTIVE)
+                .unwrap();
         }
 
         fn process(&mut self, op: &SeenOp) -> (i32, u32) {
@@ -1018,28 +988,28 @@ mod tests {
             s.xs.insert(path.to_string(), value.to_string());
             Ok(())
         }
-        fn share_page(&mut self, backend: u16) -> Result<(SimPage, u32), HostError> {
+        fn share_page(&mut self, backend: DomId) -> Result<(SimPage, GrantRef), HostError> {
             let mut s = self.0.borrow_mut();
-            let page = SimPage::new();
-            let gref = 8 + s.grants.len() as u32;
+            let page = HostMem::page();
+            let gref = GrantRef(8 + s.grants.len() as u32);
             s.grants.push((gref, backend, page.clone()));
             Ok((page, gref))
         }
-        fn alloc_unbound(&mut self, backend: u16) -> Result<u32, HostError> {
+        fn alloc_unbound(&mut self, backend: DomId) -> Result<Port, HostError> {
             let mut s = self.0.borrow_mut();
-            let port = 3 + s.ports.len() as u32;
+            let port = Port(3 + s.ports.len() as u32);
             s.ports.push((port, backend));
             Ok(port)
         }
-        fn notify(&mut self, port: u32) {
+        fn notify(&mut self, port: Port) {
             let mut s = self.0.borrow_mut();
             let ours = s.xs.get("device/pci/0/event-channel").cloned();
-            if ours == Some(port.to_string()) {
+            if ours == Some(port.0.to_string()) {
                 s.be.pending_notify = true;
                 s.be.waits_since_notify = 0;
             }
         }
-        fn wait_event(&mut self, _port: u32, deadline_ns: u64) {
+        fn wait_event(&mut self, _port: Port, deadline_ns: u64) {
             self.0.borrow_mut().tick(deadline_ns);
         }
         fn wait_xs(&mut self, _path: &str, deadline_ns: u64) {
@@ -1139,14 +1109,14 @@ mod tests {
         assert_eq!(s.be.refused, None);
         assert_eq!(s.be.state, state::CONNECTED);
         let (gref, port) = f.channel();
-        assert_eq!(s.xs["device/pci/0/pci-op-ref"], gref.to_string());
-        assert_eq!(s.xs["device/pci/0/event-channel"], port.to_string());
+        assert_eq!(s.xs["device/pci/0/pci-op-ref"], gref.0.to_string());
+        assert_eq!(s.xs["device/pci/0/event-channel"], port.0.to_string());
         assert_eq!(s.xs["device/pci/0/magic"], "7");
         assert_eq!(s.xs["device/pci/0/state"], "4");
         // The page went to the backend domain, the port is for the backend domain.
         assert_eq!(s.grants.len(), 1);
-        assert_eq!((s.grants[0].0, s.grants[0].1), (gref, 0));
-        assert_eq!(s.ports, vec![(port, 0)]);
+        assert_eq!((s.grants[0].0, s.grants[0].1), (gref, DomId::DOM0));
+        assert_eq!(s.ports, vec![(port, DomId::DOM0)]);
         assert_eq!(f.roots(), &[PciRoot { segment: 0, bus: 0 }]);
         assert_eq!(f.backend_path(), BACKEND);
         assert!(f.is_connected());
@@ -1177,7 +1147,7 @@ mod tests {
         );
         // The flag is clear after each completed op.
         let page = s.page().unwrap();
-        assert_eq!(page.read32(layout::FLAGS) & XEN_PCIF_ACTIVE, 0);
+        assert_eq!(page.read_u32(layout::FLAGS).unwrap() & XEN_PCIF_ACTIVE, 0);
     }
 
     #[test]
