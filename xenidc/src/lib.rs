@@ -14,6 +14,7 @@ pub mod abi;
 pub mod hypervisor;
 pub mod shm;
 pub mod pcifront;
+pub mod ring;
 pub mod xenbus;
 pub mod xenstore;
 
