@@ -151,12 +151,7 @@ impl DeviceDescriptor {
     /// value 9 = 512 bytes).  Rejects values the specification does not allow.
     pub fn max_packet0(&self) -> Result<u16, DescriptorError> {
         let raw = self.max_packet0_raw;
-        if self.usb_version >= 0x0300 {
-            if raw == 9 {
-                return Ok(512);
-            }
-            // Some USB 3 devices enumerated at high speed report a byte count; accept 8..64 too.
-        }
+        // A USB 3 device enumerated at high speed reports a byte count, so 8..64 stay valid.
         match raw {
             8 | 16 | 32 | 64 => Ok(raw as u16),
             9 if self.usb_version >= 0x0300 => Ok(512),

@@ -10,6 +10,12 @@
 extern crate alloc;
 
 pub mod descriptor;
+pub mod enumerate;
 pub mod hc;
 pub mod hub;
+pub mod registry;
 pub mod request;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
+
+pub use enumerate::{Bus, BusEvent, UsbError};
