@@ -1,0 +1,868 @@
+//! The Xen end-to-end harness: Xen 4.17 + a Debian dom0 (busybox initramfs with the Xen toolstack)
+//! in QEMU TCG (`-M q35` with an emulated VT-d so PCI passthrough works), usbdom created as a PV
+//! domU with the emulated controller passed through. Used by `cargo xtask test xen`, `e2e` and `run`.
+//!
+//! Cached under `target/xen/` (each artifact rebuilt only when its inputs change, see
+//! [`util::cached`]): the Xen ELF (from `/boot/xen-4.17-amd64.gz`), the Debian vmlinuz,
+//! `xen-hcd.ko` built out of tree from `linux-source-6.1`, and the dom0 base initramfs. Per run a
+//! small cpio with `/init`, `/tests/*` (from `tests/xen/`) and `/guest/usbdom` is appended.
+//!
+//! The dom0 scripts print markers (`XT: ...`, `XT-DOM0-READY`, `U| ` live usbdom console lines,
+//! `C| ` the full console at the end); this module reads them from the serial log.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::console;
+use crate::cpio::Cpio;
+use crate::qemu::{self, Action, Line};
+use crate::report::Report;
+use crate::util::{self, Prereq};
+
+/// Debian packages the Xen harness needs.
+pub const PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "xen-hypervisor-4.17-amd64",
+    "xen-utils-4.17",
+    "xenstore-utils",
+    "linux-image-amd64",
+    "linux-headers-amd64",
+    "linux-source-6.1",
+    "busybox-static",
+    "cpio",
+    "kmod",
+    "pciutils",
+    "gcc-12",
+    "make",
+    "libc6-dev",
+    "xz-utils",
+    "bc",
+    "binutils",
+];
+
+/// Bump when the way the cached base initramfs is built changes.
+const BASE_RECIPE: &str = "dom0-base v1";
+const XEN_BIN: &str = "/usr/lib/xen-4.17/bin";
+/// The emulated xHCI's PCI ID (QEMU's `qemu-xhci`, Red Hat vendor ID).
+pub const XHCI_ID: &str = "1b36:000d";
+/// Domain name used for usbdom.
+pub const DOMAIN: &str = "usbdom";
+
+/// The cached inputs of a boot.
+pub struct Artifacts {
+    pub xen: PathBuf,
+    pub vmlinuz: PathBuf,
+    pub base_cpio: PathBuf,
+    pub xen_hcd: PathBuf,
+}
+
+/// The newest `*-amd64` kernel that has modules, a vmlinuz and headers.
+fn kver() -> Result<String, String> {
+    let mut v: Vec<String> = fs::read_dir("/lib/modules")
+        .map_err(|e| format!("/lib/modules: {e}"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|k| {
+            k.ends_with("-amd64")
+                && Path::new(&format!("/boot/vmlinuz-{k}")).exists()
+                && Path::new(&format!("/lib/modules/{k}/build")).exists()
+        })
+        .collect();
+    v.sort_by(|a, b| version_cmp(a, b));
+    v.pop()
+        .ok_or_else(|| "no /lib/modules/*-amd64 with /boot/vmlinuz and headers".into())
+}
+
+/// Compare version strings numerically by their digit runs (like `sort -V` for these names).
+fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let nums = |s: &str| -> Vec<u64> {
+        s.split(|c: char| !c.is_ascii_digit())
+            .filter(|x| !x.is_empty())
+            .map(|x| x.parse().unwrap_or(0))
+            .collect()
+    };
+    nums(a).cmp(&nums(b))
+}
+
+/// Install packages and build/cache the artifacts. `Ok(None)` with a reason = cannot run here.
+pub fn prepare() -> Result<Result<Artifacts, String>, String> {
+    match util::ensure_packages(PACKAGES)? {
+        Prereq::Ready => {}
+        Prereq::Unavailable(why) => return Ok(Err(why)),
+    }
+    let dir = util::target().join("xen");
+    fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let kver = kver()?;
+
+    let xen = dir.join("xen-4.17-amd64");
+    let xen_gz = Path::new("/boot/xen-4.17-amd64.gz");
+    util::cached(&xen, &util::file_key(xen_gz), |out| {
+        let elf = util::output_bytes(Command::new("zcat").arg(xen_gz))?;
+        fs::write(out, elf).map_err(|e| e.to_string())
+    })?;
+
+    let vmlinuz = dir.join("vmlinuz");
+    let vsrc = PathBuf::from(format!("/boot/vmlinuz-{kver}"));
+    util::cached(&vmlinuz, &util::file_key(&vsrc), |out| {
+        fs::copy(&vsrc, out).map(|_| ()).map_err(|e| e.to_string())
+    })?;
+
+    let xen_hcd = dir.join("xen-hcd.ko");
+    let src_tar = Path::new("/usr/src/linux-source-6.1.tar.xz");
+    let hcd_key = format!(
+        "{kver} {} {}",
+        util::file_key(src_tar),
+        util::file_key(Path::new(&format!("/lib/modules/{kver}/build/Makefile")))
+    );
+    util::cached(&xen_hcd, &hcd_key, |out| {
+        build_xen_hcd(&dir, &kver, src_tar, out)
+    })?;
+
+    let base_cpio = dir.join("dom0-base.cpio");
+    let base_key = format!(
+        "{BASE_RECIPE} {kver} {hcd_key} {} {} {}",
+        util::file_key(Path::new(&format!("{XEN_BIN}/xl"))),
+        util::file_key(Path::new("/bin/busybox")),
+        util::file_key(Path::new(&format!("/lib/modules/{kver}/modules.dep"))),
+    );
+    util::cached(&base_cpio, &base_key, |out| {
+        build_base(&dir, &kver, &xen_hcd, out)
+    })?;
+    Ok(Ok(Artifacts {
+        xen,
+        vmlinuz,
+        base_cpio,
+        xen_hcd,
+    }))
+}
+
+/// Debian's 6.1 kernel has no `CONFIG_USB_XEN_HCD`: build the module out of tree from the
+/// matching `linux-source-6.1`, against the installed headers.
+fn build_xen_hcd(dir: &Path, kver: &str, src_tar: &Path, out: &Path) -> Result<(), String> {
+    let b = dir.join("xen-hcd-build");
+    let _ = fs::remove_dir_all(&b);
+    fs::create_dir_all(&b).map_err(|e| e.to_string())?;
+    println!(
+        "xen: building xen-hcd.ko for {kver} (extracting from {})",
+        src_tar.display()
+    );
+    util::run(
+        Command::new("tar")
+            .arg("-xJf")
+            .arg(src_tar)
+            .arg("-C")
+            .arg(&b)
+            .args([
+                "--wildcards",
+                "--strip-components=4",
+                "*/drivers/usb/host/xen-hcd.c",
+            ]),
+    )?;
+    fs::write(b.join("Makefile"), "obj-m := xen-hcd.o\n").map_err(|e| e.to_string())?;
+    util::run(
+        Command::new("make")
+            .arg("-C")
+            .arg(format!("/lib/modules/{kver}/build"))
+            .arg(format!("M={}", b.display()))
+            .args(["CC=gcc-12", "modules"]),
+    )?;
+    fs::copy(b.join("xen-hcd.ko"), out).map_err(|e| format!("xen-hcd.ko: {e}"))?;
+    Ok(())
+}
+
+fn copy_into(root: &Path, src: &Path) -> Result<(), String> {
+    let dst = root.join(src.strip_prefix("/").unwrap_or(src));
+    if dst.exists() {
+        return Ok(());
+    }
+    fs::create_dir_all(dst.parent().unwrap()).map_err(|e| e.to_string())?;
+    fs::copy(src, &dst)
+        .map(|_| ())
+        .map_err(|e| format!("copy {}: {e}", src.display()))
+}
+
+/// The shared libraries a binary needs, from `ldd`.
+fn ldd(bin: &Path) -> Vec<PathBuf> {
+    let out = Command::new("ldd").arg(bin).output();
+    let Ok(out) = out else { return vec![] };
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// The dom0 base initramfs (no `/init`, no tests, no guest: those come per run): busybox, the Xen
+/// modules + xen-pciback + USB storage/HID + xen-hcd, and the toolstack with its libraries.
+fn build_base(dir: &Path, kver: &str, xen_hcd: &Path, out: &Path) -> Result<(), String> {
+    println!("xen: building the dom0 base initramfs");
+    let r = dir.join("rootfs-dom0");
+    let _ = fs::remove_dir_all(&r);
+    for d in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "etc/xen",
+        "root",
+        "mnt",
+        "lib64",
+        "lib/x86_64-linux-gnu",
+        "var/lib/xen",
+        "var/log/xen/console",
+        "var/lib/xenstored",
+        "guest",
+        "tests",
+        "usr/share/misc",
+    ] {
+        fs::create_dir_all(r.join(d)).map_err(|e| e.to_string())?;
+    }
+    std::os::unix::fs::symlink("/run", r.join("var/run")).map_err(|e| e.to_string())?;
+    fs::copy("/bin/busybox", r.join("bin/busybox")).map_err(|e| format!("busybox: {e}"))?;
+    let applets = util::output(Command::new("/bin/busybox").arg("--list"))?;
+    for a in applets
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "busybox")
+    {
+        let _ = std::os::unix::fs::symlink("busybox", r.join("bin").join(a));
+    }
+    fs::write(r.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")
+        .map_err(|e| e.to_string())?;
+
+    // Kernel modules with their dependencies.
+    let mods = [
+        "xen-evtchn",
+        "xen-gntdev",
+        "xen-gntalloc",
+        "xenfs",
+        "xen-privcmd",
+        "xen-pciback",
+        "usbcore",
+        "usb-storage",
+        "sd_mod",
+        "usbhid",
+        "hid-generic",
+    ];
+    for m in mods {
+        let deps = util::output(Command::new("modprobe").args(["--show-depends", "-S", kver, m]))?;
+        for l in deps.lines() {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            if w.first() == Some(&"insmod") && w.len() >= 2 {
+                copy_into(&r, Path::new(w[1]))?;
+            }
+        }
+    }
+    let mdir = r.join(format!("lib/modules/{kver}"));
+    fs::create_dir_all(mdir.join("extra")).map_err(|e| e.to_string())?;
+    fs::copy(xen_hcd, mdir.join("extra/xen-hcd.ko")).map_err(|e| e.to_string())?;
+    for f in [
+        "modules.order",
+        "modules.builtin",
+        "modules.builtin.modinfo",
+    ] {
+        let _ = fs::copy(format!("/lib/modules/{kver}/{f}"), mdir.join(f));
+    }
+    util::run(Command::new("depmod").arg("-b").arg(&r).arg(kver))?;
+
+    // The toolstack and its libraries.
+    let bins: Vec<PathBuf> = [
+        "xl",
+        "xenstored",
+        "xenconsoled",
+        "xenconsole",
+        "xen-init-dom0",
+        "libxl-save-helper",
+        "xenstore-control",
+    ]
+    .iter()
+    .map(|b| Path::new(XEN_BIN).join(b))
+    .chain(
+        ["/usr/bin/xenstore", "/usr/bin/lspci"]
+            .iter()
+            .map(PathBuf::from),
+    )
+    .collect();
+    for b in &bins {
+        copy_into(&r, b)?;
+        for l in ldd(b) {
+            copy_into(&r, &l)?;
+        }
+    }
+    // pthread_cancel() dlopen()s libgcc_s: xl aborts at exit without it.
+    copy_into(&r, Path::new("/lib/x86_64-linux-gnu/libgcc_s.so.1"))?;
+    for t in [
+        "read", "write", "ls", "list", "rm", "chmod", "exists", "watch",
+    ] {
+        let _ = std::os::unix::fs::symlink("xenstore", r.join(format!("usr/bin/xenstore-{t}")));
+    }
+    util::run(
+        Command::new("cp")
+            .args(["-a", "/etc/xen/xl.conf", "/etc/xen/scripts"])
+            .arg(r.join("etc/xen")),
+    )?;
+    let _ = fs::copy("/usr/share/misc/pci.ids", r.join("usr/share/misc/pci.ids"));
+
+    let mut c = Cpio::new();
+    c.host_tree("", &r)
+        .map_err(|e| format!("packing {}: {e}", r.display()))?;
+    fs::write(out, c.finish()).map_err(|e| e.to_string())
+}
+
+/// The per-run archive: `/init`, `/tests/*` from `tests/xen/`, `/guest/usbdom`, extra files.
+pub fn run_cpio(guest_elf: &Path, extra: &[(String, PathBuf)]) -> Result<Vec<u8>, String> {
+    let src = util::root().join("tests/xen");
+    let mut c = Cpio::new();
+    c.host_file("init", &src.join("init"))
+        .map_err(|e| format!("tests/xen/init: {e}"))?;
+    c.dir("tests", 0o755);
+    let mut files: Vec<_> = fs::read_dir(&src)
+        .map_err(|e| format!("{}: {e}", src.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.file_name().is_some_and(|n| n != "init"))
+        .collect();
+    files.sort();
+    for f in files {
+        let name = format!("tests/{}", f.file_name().unwrap().to_string_lossy());
+        c.host_file(&name, &f)
+            .map_err(|e| format!("{}: {e}", f.display()))?;
+    }
+    c.dir("guest", 0o755);
+    c.host_file("guest/usbdom", guest_elf)
+        .map_err(|e| format!("{}: {e}", guest_elf.display()))?;
+    for (name, p) in extra {
+        c.host_file(name, p)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    Ok(c.finish())
+}
+
+/// One Xen boot.
+pub struct Boot<'a> {
+    pub art: &'a Artifacts,
+    /// The guest ELF placed at /guest/usbdom.
+    pub guest: &'a Path,
+    /// Which /tests/<name>.sh dom0 runs.
+    pub test: &'a str,
+    /// Extra `key=value` for the dom0 command line (`xt.key=value` → `$XT_KEY` in the scripts).
+    pub dom0_vars: Vec<(String, String)>,
+    /// Extra QEMU `-device` values.
+    pub devices: Vec<String>,
+    pub extra_files: Vec<(String, PathBuf)>,
+    /// Logs go to `<dir>/<name>.log`.
+    pub dir: PathBuf,
+    pub name: &'a str,
+    pub monitor: Option<PathBuf>,
+    pub actions: Vec<Action>,
+    pub timeout: Duration,
+    /// Print the XT:/U| lines as they arrive.
+    pub echo: bool,
+}
+
+/// What a boot showed, read from the serial log.
+pub struct BootResult {
+    pub out: qemu::Outcome,
+    pub retried: Option<String>,
+    pub console: String,
+}
+
+impl BootResult {
+    fn t(&self, pat: &str) -> Option<f64> {
+        self.out.find(pat).map(|l| l.t)
+    }
+    pub fn dom0_ready(&self) -> Option<f64> {
+        self.t("XT-DOM0-READY")
+    }
+    pub fn create_start(&self) -> Option<f64> {
+        self.out
+            .lines
+            .iter()
+            .rev()
+            .find(|l| l.text.contains(&format!("XT: xl create {DOMAIN} start")))
+            .map(|l| l.t)
+    }
+    pub fn first_usbdom_line(&self) -> Option<f64> {
+        self.out
+            .lines
+            .iter()
+            .find(|l| l.text.starts_with("U| ") && !l.text[3..].trim().is_empty())
+            .map(|l| l.t)
+    }
+    pub fn ready(&self) -> Option<f64> {
+        self.out
+            .lines
+            .iter()
+            .find(|l| l.text.starts_with("U| ") && l.text.contains("usbdom: ready"))
+            .map(|l| l.t)
+    }
+    pub fn timings(&self) -> String {
+        let f = |x: Option<f64>| x.map(|v| format!("{v:.1}s")).unwrap_or_else(|| "-".into());
+        let d = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:.1}s", b - a),
+            _ => "-".into(),
+        };
+        format!(
+            "timings: QEMU start -> dom0 ready {}; xl create -> usbdom first line {} -> usbdom ready {} (create at {}, total run {:.1}s)",
+            f(self.dom0_ready()),
+            d(self.create_start(), self.first_usbdom_line()),
+            d(self.create_start(), self.ready()),
+            f(self.create_start()),
+            self.out.secs
+        )
+    }
+}
+
+/// The usbdom console as dumped by dom0 between `XT-CONSOLE-BEGIN`/`END` (lines `C| `), or, if
+/// there is no dump, the live copy (`U| ` lines).
+pub fn extract_console(lines: &[Line]) -> String {
+    let dumped: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.text.strip_prefix("C| "))
+        .collect();
+    let live: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.text.strip_prefix("U| "))
+        .collect();
+    let pick = if dumped.is_empty() { live } else { dumped };
+    pick.iter().map(|s| format!("{s}\n")).collect()
+}
+
+/// Why a boot may be retried: it hung before usbdom printed anything (dom0 never ready, or
+/// `xl create` hung). Never when usbdom printed a line: that would hide a usbdom failure.
+pub fn retry_reason(lines: &[Line], timed_out: bool) -> Option<String> {
+    let any_usbdom = lines
+        .iter()
+        .any(|l| (l.text.starts_with("U| ") || l.text.starts_with("C| ")) && l.text.len() > 3);
+    if any_usbdom {
+        return None;
+    }
+    let dom0 = lines.iter().any(|l| l.text.contains("XT-DOM0-READY"));
+    if !dom0 && timed_out {
+        return Some("Xen/dom0 boot hung before dom0 was ready".into());
+    }
+    if lines.iter().any(|l| l.text.contains("XT: xl create HUNG")) {
+        return Some("`xl create` hung before usbdom printed anything".into());
+    }
+    None
+}
+
+fn boot_once(b: &Boot, attempt: u32) -> Result<qemu::Outcome, String> {
+    fs::create_dir_all(&b.dir).map_err(|e| e.to_string())?;
+    let initrd = b.dir.join(format!("{}-initrd.cpio", b.name));
+    let mut data = fs::read(&b.art.base_cpio).map_err(|e| e.to_string())?;
+    data.extend(run_cpio(b.guest, &b.extra_files)?);
+    fs::write(&initrd, data).map_err(|e| e.to_string())?;
+
+    let stick = b.dir.join("stick.img");
+    crate::qemu_tier::write_disk(&stick, "xen-stick", 16 << 20)?;
+
+    let mut d0 = format!("console=hvc0 earlyprintk=xen loglevel=6 xt.test={}", b.test);
+    for (k, v) in &b.dom0_vars {
+        d0.push_str(&format!(" xt.{k}={v}"));
+    }
+    let d0 = d0.replace(',', ",,");
+    let mut args: Vec<String> = [
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max,-smap,-smep,-pku",
+        "-M",
+        "q35",
+        "-m",
+        "1536",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend([
+        "-kernel".into(),
+        b.art.xen.display().to_string(),
+        "-append".into(),
+        "console=com1 com1=115200,8n1 dom0_mem=512M dom0_max_vcpus=1 loglvl=all guest_loglvl=all noreboot".into(),
+        "-initrd".into(),
+        format!("{} {d0},{}", b.art.vmlinuz.display(), initrd.display()),
+        "-device".into(),
+        "intel-iommu,intremap=on".into(),
+        "-device".into(),
+        "qemu-xhci,id=usbc".into(),
+        "-drive".into(),
+        format!("if=none,id=stick,format=raw,file={}", stick.display()),
+        "-device".into(),
+        "usb-storage,bus=usbc.0,drive=stick".into(),
+        "-device".into(),
+        "usb-kbd,bus=usbc.0".into(),
+    ]);
+    for d in &b.devices {
+        args.push("-device".into());
+        args.push(d.clone());
+    }
+    let echo = b.echo;
+    let log = if attempt == 0 {
+        b.dir.join(format!("{}.log", b.name))
+    } else {
+        b.dir.join(format!("{}.retry{attempt}.log", b.name))
+    };
+    println!("xen: booting Xen + dom0 (log {})", log.display());
+    qemu::run(qemu::Spec {
+        args,
+        log,
+        timeout: b.timeout,
+        monitor: b.monitor.clone(),
+        actions: b.actions.clone(),
+        on_line: Box::new(move |l: &Line| {
+            if echo
+                && (l.text.starts_with("XT")
+                    || l.text.starts_with("U| ")
+                    || l.text.starts_with("xtask:"))
+            {
+                println!("[{:7.2}] {}", l.t, l.text);
+            }
+        }),
+    })
+}
+
+/// Boot, retrying at most once when the boot hung before usbdom printed its first line.
+pub fn boot(b: &Boot) -> Result<BootResult, String> {
+    let mut out = boot_once(b, 0)?;
+    let mut retried = None;
+    if let Some(why) = retry_reason(&out.lines, out.timed_out) {
+        println!(
+            "xen: RETRY of the boot (once): {why}; first attempt's log kept as {}.log",
+            b.name
+        );
+        let first = out;
+        out = boot_once(b, 1)?;
+        retried = Some(format!("{why} (first attempt {:.0}s)", first.secs));
+    }
+    let console = extract_console(&out.lines);
+    let _ = fs::write(b.dir.join(format!("{}-console.log", b.name)), &console);
+    Ok(BootResult {
+        out,
+        retried,
+        console,
+    })
+}
+
+/// Print the diagnostics of a failed boot.
+pub fn diagnostics(b: &Boot, r: &BootResult) {
+    println!(
+        "---- serial log tail ({}/{}.log) ----\n{}",
+        b.dir.display(),
+        b.name,
+        r.out.tail(40)
+    );
+    println!("---- usbdom console ----\n{}", util::tail(&r.console, 30));
+    println!("---- QEMU command line ----\n{}", r.out.cmdline);
+}
+
+/// The kernel to boot as the driver domain: built fresh; its stripped copy goes into the initramfs.
+fn kernel_or_fail(r: &mut Report, what: &str) -> Option<crate::build::Kernel> {
+    match crate::build::kernel() {
+        Ok(k) => Some(k),
+        Err(e) => {
+            r.fail(&format!("{what}: kernel build"), e);
+            None
+        }
+    }
+}
+
+pub fn tier(r: &mut Report) {
+    println!("==== xen tier ====");
+    let art = match prepare() {
+        Ok(Ok(a)) => a,
+        Ok(Err(why)) => return r.skip("xen tier", why),
+        Err(e) => return r.fail("xen tier: prerequisites", e),
+    };
+    println!(
+        "xen: cached inputs: {}, {}, {}, {}",
+        art.xen.display(),
+        art.vmlinuz.display(),
+        art.xen_hcd.display(),
+        art.base_cpio.display()
+    );
+    let Some(k) = kernel_or_fail(r, "xen") else {
+        return;
+    };
+    let b = Boot {
+        art: &art,
+        guest: &k.stripped,
+        test: "usbdom",
+        dom0_vars: vec![],
+        devices: vec![],
+        extra_files: vec![],
+        dir: util::target().join("xen-tier"),
+        name: "xen",
+        monitor: None,
+        actions: vec![],
+        timeout: Duration::from_secs(600),
+        echo: true,
+    };
+    let res = match boot(&b) {
+        Ok(x) => x,
+        Err(e) => return r.fail("xen: boot", e),
+    };
+    judge(r, &b, &res);
+}
+
+/// The Xen-tier checks of a finished boot.
+pub fn judge(r: &mut Report, b: &Boot, res: &BootResult) {
+    let before = r.counts().1;
+    if let Some(why) = &res.retried {
+        println!("xen: NOTE: this result comes from a retried boot: {why}");
+    }
+    r.check(
+        "xen: dom0 boot (toolstack up)",
+        res.dom0_ready().is_some(),
+        if res.out.timed_out {
+            "timed out before XT-DOM0-READY"
+        } else {
+            "no XT-DOM0-READY"
+        },
+    );
+    let created = res
+        .out
+        .lines
+        .iter()
+        .any(|l| l.text.contains("XT: xl create rc=0"));
+    let mem16 = res.out.find("retrying with memory=16").is_some();
+    if mem16 {
+        println!("xen: NOTE: memory=8 did not start; usbdom ran with memory=16");
+    }
+    r.check(
+        "xen: xl create usbdom (type=pv, pci=[xHCI])",
+        created,
+        res.out
+            .lines
+            .iter()
+            .rev()
+            .find(|l| l.text.contains("XT: xl create"))
+            .map(|l| l.text.clone())
+            .unwrap_or_else(|| "xl create never ran".into()),
+    );
+    for (name, v) in console::xen_checks(&res.console, DOMAIN, XHCI_ID) {
+        let n = format!("xen: console: {name}");
+        match v {
+            Ok(()) => r.pass(&n),
+            Err(e) => r.fail(&n, e),
+        }
+    }
+    r.check(
+        "xen: domain gone after xl shutdown",
+        res.out
+            .find(&format!("XT: domain {DOMAIN} gone after shutdown"))
+            .is_some(),
+        "usbdom did not go away after `xl shutdown`",
+    );
+    println!("xen: {}", res.timings());
+    if r.counts().1 > before {
+        diagnostics(b, res);
+    }
+}
+
+/// `cargo xtask run`: boot everything and show what usbdom prints.
+pub fn cmd_run(hold: u32) -> Result<bool, String> {
+    let art = match prepare()? {
+        Ok(a) => a,
+        Err(why) => return Err(format!("cannot run: {why}")),
+    };
+    let k = crate::build::kernel()?;
+    let b = Boot {
+        art: &art,
+        guest: &k.stripped,
+        test: "run",
+        dom0_vars: vec![("hold".into(), hold.to_string())],
+        devices: vec![],
+        extra_files: vec![],
+        dir: util::target().join("run"),
+        name: "run",
+        monitor: None,
+        actions: vec![],
+        timeout: Duration::from_secs(900),
+        echo: true,
+    };
+    let res = boot(&b)?;
+    println!("run: {}", res.timings());
+    println!(
+        "run: serial log {}/run.log, usbdom console {}/run-console.log",
+        b.dir.display(),
+        b.dir.display()
+    );
+    let ok = res.ready().is_some();
+    if !ok {
+        diagnostics(&b, &res);
+    }
+    Ok(ok)
+}
+
+/// Options of `cargo xtask e2e`.
+#[derive(Default)]
+pub struct E2e {
+    pub devices: Vec<String>,
+    pub script: Option<PathBuf>,
+    pub actions: Vec<Action>,
+    pub timeout_s: Option<u64>,
+}
+
+/// `cargo xtask e2e`: the Xen setup with extra devices, a user script in dom0, a monitor socket.
+pub fn cmd_e2e(o: E2e) -> Result<bool, String> {
+    let art = match prepare()? {
+        Ok(a) => a,
+        Err(why) => return Err(format!("cannot run: {why}")),
+    };
+    let k = crate::build::kernel()?;
+    let dir = util::target().join("e2e");
+    let monitor = dir.join("monitor.sock");
+    println!(
+        "e2e: QEMU monitor (HMP) on unix socket {} (e.g. `socat - UNIX-CONNECT:{}`, then `sendkey a`, `device_add usb-kbd,bus=usbc.0,id=k2`)",
+        monitor.display(),
+        monitor.display()
+    );
+    let mut extra = vec![];
+    if let Some(s) = &o.script {
+        extra.push(("tests/user.sh".to_string(), s.clone()));
+    }
+    let b = Boot {
+        art: &art,
+        guest: &k.stripped,
+        test: "e2e",
+        dom0_vars: vec![],
+        devices: o.devices,
+        extra_files: extra,
+        dir,
+        name: "e2e",
+        monitor: Some(monitor),
+        actions: o.actions,
+        timeout: Duration::from_secs(o.timeout_s.unwrap_or(900)),
+        echo: true,
+    };
+    let res = boot(&b)?;
+    println!("e2e: {}", res.timings());
+    let user_rc = res
+        .out
+        .lines
+        .iter()
+        .find_map(|l| l.text.strip_prefix("XT: user script rc="))
+        .map(str::to_string);
+    println!(
+        "e2e: user script rc={}; logs under {}",
+        user_rc.as_deref().unwrap_or("(not run)"),
+        b.dir.display()
+    );
+    let ok = res.ready().is_some() && (o.script.is_none() || user_rc.as_deref() == Some("0"));
+    if !ok {
+        diagnostics(&b, &res);
+    }
+    Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(t: &[&str]) -> Vec<Line> {
+        t.iter()
+            .map(|s| Line {
+                t: 1.0,
+                text: s.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn retry_only_when_hung_before_usbdom_printed() {
+        // dom0 never came up and QEMU was killed by the timeout.
+        assert!(retry_reason(&l(&["Xen 4.17", "xtask: TIMEOUT"]), true).is_some());
+        // xl create hung.
+        assert!(
+            retry_reason(&l(&["XT-DOM0-READY", "XT: xl create HUNG (> 120s)"]), false).is_some()
+        );
+        // usbdom printed something: never retry, whatever happened next.
+        assert!(retry_reason(
+            &l(&[
+                "XT-DOM0-READY",
+                "U| usbdom 0.1.0 starting (xen-pv)",
+                "XT: xl create HUNG"
+            ]),
+            true
+        )
+        .is_none());
+        // usbdom was created but silent, no hang reported: that is a usbdom failure, no retry.
+        assert!(retry_reason(&l(&["XT-DOM0-READY", "XT: xl create rc=0"]), false).is_none());
+        // QEMU exited (not timed out) before dom0 was ready: no hang, no retry.
+        assert!(retry_reason(&l(&["Xen panic"]), false).is_none());
+    }
+
+    #[test]
+    fn console_prefers_the_final_dump() {
+        let lines = l(&[
+            "U| a",
+            "XT: x",
+            "U| b",
+            "XT-CONSOLE-BEGIN usbdom",
+            "C| a",
+            "C| b",
+            "C| c",
+        ]);
+        assert_eq!(extract_console(&lines), "a\nb\nc\n");
+        let live = l(&["U| a", "XT: x", "U| b"]);
+        assert_eq!(extract_console(&live), "a\nb\n");
+    }
+
+    #[test]
+    fn timings_from_markers() {
+        let mk = |t: f64, s: &str| Line { t, text: s.into() };
+        let out = qemu::Outcome {
+            code: Some(0),
+            timed_out: false,
+            lines: vec![
+                mk(9.5, "XT-DOM0-READY uptime 4.1"),
+                mk(10.0, "XT: xl create usbdom start (memory=8)"),
+                mk(
+                    12.0,
+                    "U| [  0.000001] INFO usbdom: usbdom 0.1.0 starting (xen-pv)",
+                ),
+                mk(12.5, "U| [  0.500000] INFO usbdom: usbdom: ready"),
+            ],
+            secs: 30.0,
+            cmdline: String::new(),
+        };
+        let r = BootResult {
+            out,
+            retried: None,
+            console: String::new(),
+        };
+        assert_eq!(r.dom0_ready(), Some(9.5));
+        assert_eq!(r.create_start(), Some(10.0));
+        assert_eq!(r.first_usbdom_line(), Some(12.0));
+        assert_eq!(r.ready(), Some(12.5));
+        let t = r.timings();
+        assert!(t.contains("dom0 ready 9.5s"), "{t}");
+        assert!(
+            t.contains("usbdom first line 2.0s -> usbdom ready 2.5s"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn version_sort() {
+        let mut v = vec!["6.1.0-9-amd64", "6.1.0-56-amd64", "6.1.0-10-amd64"];
+        v.sort_by(|a, b| version_cmp(a, b));
+        assert_eq!(v, ["6.1.0-9-amd64", "6.1.0-10-amd64", "6.1.0-56-amd64"]);
+    }
+}
