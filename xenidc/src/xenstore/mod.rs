@@ -1,5 +1,6 @@
 //! xenstore: wire protocol, client state machine, ring transport and a simulated server.
 pub mod client;
+pub mod ring;
 pub mod wire;
 
 pub use client::{Client, Error, ReqId, Request, Transport, TransportError, WatchEvent};
