@@ -15,6 +15,8 @@ pub mod hypervisor;
 pub mod shm;
 pub mod pcifront;
 pub mod ring;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod xenbus;
 pub mod xenstore;
 

@@ -1,0 +1,272 @@
+use super::*;
+
+fn two() -> (Sim, SimDomain, SimDomain) {
+    let sim = Sim::new();
+    let a = sim.add_domain(DomId(1));
+    let b = sim.add_domain(DomId(2));
+    (sim, a, b)
+}
+
+fn code(e: XenError) -> crate::hypervisor::XenCode {
+    e.code
+}
+
+use crate::hypervisor::XenCode;
+
+#[test]
+fn grant_map_write_read_and_counts() {
+    let (sim, mut a, mut b) = two();
+    let page = a.alloc_page().unwrap();
+    page.mem.write_u32(8, 0xdead_beef).unwrap();
+    let gref = a.grant_access(page.frame, DomId(2), false).unwrap();
+    assert!(gref.0 >= crate::abi::grant::NR_RESERVED_ENTRIES);
+    let m = b.map_grant(DomId(1), gref, false).unwrap();
+    assert_eq!(m.mem.read_u32(8).unwrap(), 0xdead_beef);
+    m.mem.write_u32(12, 7).unwrap();
+    assert_eq!(page.mem.read_u32(12).unwrap(), 7);
+    assert_eq!(m.bus_addr, page.frame << 12);
+    assert!(a.grant_in_use(gref));
+    assert_eq!(sim.stats(DomId(1)).grants_mapped_by_others, 1);
+    assert_eq!(sim.stats(DomId(2)).foreign_maps, 1);
+    // Revoking a mapped grant fails and leaves it valid.
+    assert_eq!(
+        code(a.end_access(gref).unwrap_err()),
+        XenCode::Errno(errno::EBUSY)
+    );
+    let m2 = b.map_grant(DomId(1), gref, true).unwrap();
+    b.unmap_grant(m).unwrap();
+    assert!(a.grant_in_use(gref));
+    b.unmap_grant(m2).unwrap();
+    assert!(!a.grant_in_use(gref));
+    a.end_access(gref).unwrap();
+    // Revoked: mapping fails.
+    assert_eq!(
+        code(b.map_grant(DomId(1), gref, true).unwrap_err()),
+        XenCode::Grant(GntStatus::GENERAL_ERROR)
+    );
+    let s = sim.stats(DomId(2));
+    assert_eq!((s.foreign_maps, s.maps_total, s.unmaps_total), (0, 2, 2));
+    assert_eq!(sim.stats(DomId(1)).grants_active, 0);
+}
+
+#[test]
+fn grant_permissions_are_enforced() {
+    let (sim, mut a, mut b) = two();
+    let mut c = sim.add_domain(DomId(3));
+    let page = a.alloc_page().unwrap();
+    let ro = a.grant_access(page.frame, DomId(2), true).unwrap();
+    // Writable map of a read-only grant.
+    assert_eq!(
+        code(b.map_grant(DomId(1), ro, false).unwrap_err()),
+        XenCode::Grant(GntStatus::GENERAL_ERROR)
+    );
+    // Wrong domain.
+    assert_eq!(
+        code(c.map_grant(DomId(1), ro, true).unwrap_err()),
+        XenCode::Grant(GntStatus::GENERAL_ERROR)
+    );
+    // Out-of-range reference, unknown granter.
+    assert_eq!(
+        code(b.map_grant(DomId(1), GrantRef(1 << 30), true).unwrap_err()),
+        XenCode::Grant(GntStatus::BAD_GNTREF)
+    );
+    assert_eq!(
+        code(b.map_grant(DomId(9), ro, true).unwrap_err()),
+        XenCode::Grant(GntStatus::BAD_DOMAIN)
+    );
+    let m = b.map_grant(DomId(1), ro, true).unwrap();
+    assert!(m.readonly);
+    b.unmap_grant(m).unwrap();
+    assert_eq!(sim.stats(DomId(2)).map_failures, 3);
+    // A bogus handle.
+    let fake = Mapping {
+        mem: HostMem::page(),
+        handle: GrantHandle(999),
+        bus_addr: 0,
+        dom: DomId(1),
+        gref: ro,
+        readonly: true,
+    };
+    assert_eq!(
+        code(b.unmap_grant(fake).unwrap_err()),
+        XenCode::Grant(GntStatus::BAD_HANDLE)
+    );
+}
+
+#[test]
+fn maptrack_limit() {
+    let sim = Sim::new();
+    let mut a = sim.add_domain(DomId(1));
+    let mut b = sim.add_domain_with(
+        DomId(2),
+        SimConfig {
+            max_maps: 2,
+            ..SimConfig::default()
+        },
+    );
+    let p = a.alloc_page().unwrap();
+    let g = a.grant_access(p.frame, DomId(2), false).unwrap();
+    let m1 = b.map_grant(DomId(1), g, false).unwrap();
+    let _m2 = b.map_grant(DomId(1), g, false).unwrap();
+    assert_eq!(
+        code(b.map_grant(DomId(1), g, false).unwrap_err()),
+        XenCode::Grant(GntStatus::NO_SPACE)
+    );
+    b.unmap_grant(m1).unwrap();
+    assert!(b.map_grant(DomId(1), g, false).is_ok());
+}
+
+#[test]
+fn grant_copy_checks_permissions_and_bounds() {
+    let (_sim, mut a, mut b) = two();
+    let src = a.alloc_page().unwrap();
+    src.mem.write_bytes(100, b"hello").unwrap();
+    let g_ro = a.grant_access(src.frame, DomId(2), true).unwrap();
+    let mine = b.alloc_page().unwrap();
+    let mut ops = [
+        CopyOp::new(
+            CopyPtr::Grant {
+                dom: DomId(1),
+                gref: g_ro,
+                offset: 100,
+            },
+            CopyPtr::Local {
+                frame: mine.frame,
+                offset: 4000,
+            },
+            5,
+        ),
+        // Writing into a read-only grant.
+        CopyOp::new(
+            CopyPtr::Local {
+                frame: mine.frame,
+                offset: 0,
+            },
+            CopyPtr::Grant {
+                dom: DomId(1),
+                gref: g_ro,
+                offset: 0,
+            },
+            5,
+        ),
+        // Crossing the page end.
+        CopyOp::new(
+            CopyPtr::Grant {
+                dom: DomId(1),
+                gref: g_ro,
+                offset: 4094,
+            },
+            CopyPtr::Local {
+                frame: mine.frame,
+                offset: 0,
+            },
+            5,
+        ),
+        // Someone else's frame.
+        CopyOp::new(
+            CopyPtr::Local {
+                frame: src.frame,
+                offset: 0,
+            },
+            CopyPtr::Local {
+                frame: mine.frame,
+                offset: 0,
+            },
+            5,
+        ),
+    ];
+    b.grant_copy(&mut ops).unwrap();
+    assert_eq!(ops[0].status, GntStatus::OKAY);
+    let mut out = [0u8; 5];
+    mine.mem.read_bytes(4000, &mut out).unwrap();
+    assert_eq!(&out, b"hello");
+    assert_eq!(ops[1].status, GntStatus::GENERAL_ERROR);
+    assert_eq!(ops[2].status, GntStatus::BAD_COPY_ARG);
+    assert_eq!(ops[3].status, GntStatus::BAD_PAGE);
+    // The read-only page was not written.
+    let mut first = [0u8; 5];
+    src.mem.read_bytes(0, &mut first).unwrap();
+    assert_eq!(first, [0; 5]);
+}
+
+#[test]
+fn event_channels_bind_send_close() {
+    let (sim, mut a, mut b) = two();
+    let pa = a.evtchn_alloc_unbound(DomId(2)).unwrap();
+    // Only the named remote may bind.
+    let mut c = sim.add_domain(DomId(3));
+    assert!(c.evtchn_bind_interdomain(DomId(1), pa).is_err());
+    let pb = b.evtchn_bind_interdomain(DomId(1), pa).unwrap();
+    let mut got = Vec::new();
+    b.take_pending(&mut |p| got.push(p));
+    assert_eq!(got, vec![pb], "binding raises an event locally");
+    b.evtchn_send(pb).unwrap();
+    assert!(sim.has_pending(DomId(1)));
+    got.clear();
+    a.take_pending(&mut |p| got.push(p));
+    assert_eq!(got, vec![pa]);
+    got.clear();
+    a.take_pending(&mut |p| got.push(p));
+    assert!(got.is_empty(), "pending bit cleared");
+    // Close: the peer's end becomes unbound, sending on it goes nowhere.
+    a.evtchn_close(pa).unwrap();
+    b.evtchn_send(pb).unwrap();
+    assert!(!sim.has_pending(DomId(1)));
+    assert!(a.evtchn_send(pa).is_err());
+    assert!(a.evtchn_close(pa).is_err());
+    assert_eq!(sim.stats(DomId(1)).ports_open, 0);
+    assert_eq!(sim.stats(DomId(2)).ports_open, 1);
+    b.evtchn_close(pb).unwrap();
+    assert_eq!(sim.stats(DomId(2)).ports_open, 0);
+}
+
+#[test]
+fn destroyed_domain_releases_its_mappings_and_ports() {
+    let (sim, mut a, mut b) = two();
+    let p = a.alloc_page().unwrap();
+    let g = a.grant_access(p.frame, DomId(2), false).unwrap();
+    let _m = b.map_grant(DomId(1), g, false).unwrap();
+    let pa = a.evtchn_alloc_unbound(DomId(2)).unwrap();
+    let pb = b.evtchn_bind_interdomain(DomId(1), pa).unwrap();
+    sim.destroy_domain(DomId(2));
+    assert!(!a.grant_in_use(g));
+    a.end_access(g).unwrap();
+    a.evtchn_send(pa).unwrap(); // now unbound: dropped
+    assert!(b.evtchn_send(pb).is_err());
+    assert!(b.alloc_page().is_err());
+    assert_eq!(sim.stats(DomId(1)).ports_open, 1);
+}
+
+#[test]
+fn block_advances_virtual_time_only_when_idle() {
+    let (sim, mut a, mut b) = two();
+    a.block(Some(1_000)).unwrap();
+    assert_eq!(sim.now_ns(), 1_000);
+    let pa = a.evtchn_alloc_unbound(DomId(2)).unwrap();
+    let _pb = b.evtchn_bind_interdomain(DomId(1), pa).unwrap();
+    b.block(Some(5_000)).unwrap(); // pending bind event: returns at once
+    assert_eq!(sim.now_ns(), 1_000);
+}
+
+struct Echo(u32);
+impl XenstoreService for Echo {
+    fn kick(&mut self, _dom: DomId, page: &HostMem) -> bool {
+        self.0 += 1;
+        let v = page.read_u32(0).unwrap();
+        page.write_u32(1024, v + 1).unwrap();
+        true
+    }
+}
+
+#[test]
+fn xenstore_port_reaches_the_service() {
+    let (sim, mut a, _b) = two();
+    sim.set_xenstore_service(Box::new(Echo(0)));
+    a.xenstore_page().write_u32(0, 41).unwrap();
+    let port = a.xenstore_port();
+    a.evtchn_send(port).unwrap();
+    assert_eq!(a.xenstore_page().read_u32(1024).unwrap(), 42);
+    let mut got = Vec::new();
+    a.take_pending(&mut |p| got.push(p));
+    assert_eq!(got, vec![port]);
+}
