@@ -11,6 +11,7 @@
 extern crate alloc;
 
 pub mod abi;
+pub mod buffer;
 pub mod hypervisor;
 pub mod shm;
 pub mod pcifront;

@@ -28,6 +28,8 @@ pub enum ShmError {
     },
     /// A multi-byte access at an offset that is not a multiple of its width.
     Misaligned { offset: usize, width: usize },
+    /// A write through a read-only view (a grant mapped read-only).
+    ReadOnly { offset: usize },
 }
 
 impl fmt::Display for ShmError {
@@ -42,6 +44,9 @@ impl fmt::Display for ShmError {
                     f,
                     "misaligned {width}-byte shared memory access at {offset:#x}"
                 )
+            }
+            ShmError::ReadOnly { offset } => {
+                write!(f, "write at {offset:#x} through a read-only mapping")
             }
         }
     }
@@ -86,6 +91,8 @@ pub fn check(offset: usize, len: usize, align: usize, size: usize) -> ShmResult<
 ///   visible before it) — the `rmb()`/`wmb()` of `io/ring.h`;
 /// - make [`SharedMem::fence`] a full barrier (`mb()`, `mfence` or a locked instruction on x86)
 ///   ordering earlier stores before later loads;
+/// - refuse writes through a read-only view (a grant mapped with `GNTMAP_readonly`) with
+///   [`ShmError::ReadOnly`] instead of faulting;
 /// - keep the memory mapped for as long as the value lives (a grant mapping is unmapped only by
 ///   consuming the mapping through `Hypervisor::unmap_grant`).
 ///
@@ -138,6 +145,7 @@ pub trait SharedMem {
 pub struct HostMem {
     words: Arc<[AtomicU32]>,
     size: usize,
+    readonly: bool,
 }
 
 impl fmt::Debug for HostMem {
@@ -154,12 +162,36 @@ impl HostMem {
         HostMem {
             words: words.into(),
             size,
+            readonly: false,
         }
     }
 
     /// One zero-filled 4 KiB page.
     pub fn page() -> HostMem {
         HostMem::new(crate::abi::PAGE_SIZE)
+    }
+
+    /// A read-only view of the same storage: every write through it fails with
+    /// [`ShmError::ReadOnly`].
+    pub fn read_only(&self) -> HostMem {
+        HostMem {
+            words: self.words.clone(),
+            size: self.size,
+            readonly: true,
+        }
+    }
+
+    /// True for a view made by [`HostMem::read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.readonly
+    }
+
+    fn check_w(&self, offset: usize, len: usize, align: usize) -> ShmResult<()> {
+        check(offset, len, align, self.size)?;
+        if self.readonly {
+            return Err(ShmError::ReadOnly { offset });
+        }
+        Ok(())
     }
 
     /// True if `self` and `other` share storage.
@@ -214,13 +246,13 @@ impl SharedMem for HostMem {
     }
 
     fn write_u8(&self, offset: usize, value: u8) -> ShmResult<()> {
-        check(offset, 1, 1, self.size)?;
+        self.check_w(offset, 1, 1)?;
         self.set_byte(offset, value);
         Ok(())
     }
 
     fn write_u16(&self, offset: usize, value: u16) -> ShmResult<()> {
-        check(offset, 2, 2, self.size)?;
+        self.check_w(offset, 2, 2)?;
         let shift = (offset % 4) * 8;
         let word = &self.words[offset / 4];
         word.fetch_and(!(0xffffu32 << shift), Ordering::Relaxed);
@@ -229,13 +261,13 @@ impl SharedMem for HostMem {
     }
 
     fn write_u32(&self, offset: usize, value: u32) -> ShmResult<()> {
-        check(offset, 4, 4, self.size)?;
+        self.check_w(offset, 4, 4)?;
         self.words[offset / 4].store(value, Ordering::Relaxed);
         Ok(())
     }
 
     fn write_u64(&self, offset: usize, value: u64) -> ShmResult<()> {
-        check(offset, 8, 8, self.size)?;
+        self.check_w(offset, 8, 8)?;
         self.words[offset / 4].store(value as u32, Ordering::Relaxed);
         self.words[offset / 4 + 1].store((value >> 32) as u32, Ordering::Relaxed);
         Ok(())
@@ -247,7 +279,7 @@ impl SharedMem for HostMem {
     }
 
     fn store_u32_release(&self, offset: usize, value: u32) -> ShmResult<()> {
-        check(offset, 4, 4, self.size)?;
+        self.check_w(offset, 4, 4)?;
         self.words[offset / 4].store(value, Ordering::Release);
         Ok(())
     }
@@ -273,7 +305,7 @@ impl SharedMem for HostMem {
     }
 
     fn write_bytes(&self, offset: usize, src: &[u8]) -> ShmResult<()> {
-        check(offset, src.len(), 1, self.size)?;
+        self.check_w(offset, src.len(), 1)?;
         let mut i = 0;
         while i < src.len() && (offset + i) % 4 != 0 {
             self.set_byte(offset + i, src[i]);
@@ -347,6 +379,18 @@ mod tests {
         assert!(a.same_storage(&b));
         assert!(!a.same_storage(&HostMem::page()));
         assert_eq!(a.handle_count(), 2);
+        let ro = a.read_only();
+        assert_eq!(ro.read_u8(100).unwrap(), 9);
+        assert_eq!(ro.write_u8(100, 1), Err(ShmError::ReadOnly { offset: 100 }));
+        assert_eq!(
+            ro.write_bytes(0, &[1]),
+            Err(ShmError::ReadOnly { offset: 0 })
+        );
+        assert_eq!(
+            ro.store_u32_release(0, 1),
+            Err(ShmError::ReadOnly { offset: 0 })
+        );
+        assert_eq!(a.read_u8(0).unwrap(), 0);
     }
 
     proptest! {
