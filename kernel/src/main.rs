@@ -1,7 +1,92 @@
-//! (placeholder: being written)
+//! usbdom: a Xen PV USB driver domain unikernel.
+//!
+//! Two entries (see `boot/`): `usbdom_xen_pv_main` (Xen PV domU) and `usbdom_pvh_main` (plain QEMU
+//! through PVH). Both set up the console, logging, time and heap, then build their platform
+//! (`platform::pvh::PvhPlatform` or the Xen platform of `crate::xen`) and either run a self-test
+//! (`usbdom.selftest=<name>` on the command line) or the driver domain service.
 #![no_std]
 #![no_main]
-#[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! {
-    loop {}
+
+extern crate alloc;
+
+// Modules whose API is used by `crate::xen` and the USB stack wiring, not all of it by main yet.
+#[allow(dead_code)]
+mod arch;
+mod cmdline;
+mod console;
+#[allow(dead_code)]
+mod event;
+mod exit;
+#[allow(dead_code)]
+mod frames;
+mod heap;
+mod logger;
+mod panic;
+#[allow(dead_code)]
+mod platform;
+#[allow(dead_code)]
+mod pv;
+mod selftest;
+#[allow(dead_code)]
+mod time;
+
+use platform::Kind;
+
+/// Banner line (`usbdom 0.1.0 starting (pvh)`): the harness greps it.
+fn banner(kind: Kind) {
+    log::info!(target: "usbdom", "usbdom {} starting ({})", env!("CARGO_PKG_VERSION"), kind.name());
+}
+
+/// PVH entry (from `boot/`): `start_info_pa` = physical address of `hvm_start_info`.
+#[no_mangle]
+pub extern "C" fn usbdom_pvh_main(start_info_pa: u64) -> ! {
+    exit::set_kind(Kind::Pvh);
+    console::init_serial();
+    logger::init(log::LevelFilter::Info);
+    let khz = time::init_tsc();
+    banner(Kind::Pvh);
+    let (img_start, img_end) = boot::image_range();
+    // SAFETY: `start_info_pa` is what the PVH loader passed in %ebx; boot/ identity-maps 0..4 GiB.
+    let info = unsafe { platform::pvh::parse_start_info(start_info_pa, img_end as u64) };
+    let Some(info) = info else {
+        log::error!(target: "error", "bad hvm_start_info at {start_info_pa:#x}: not started through PVH?");
+        exit::exit(exit::Exit::Crash);
+    };
+    log::info!(target: "usbdom",
+        "image {img_start:#x}..{img_end:#x}, TSC {} MHz, cmdline '{}'", khz / 1000, info.cmdline);
+    // DMA pool: up to 16 MiB of the RAM after the image.
+    let (ram_start, ram_end) = info.ram_after_image;
+    let pool_end = ram_end.min(ram_start + (16 << 20));
+    platform::pvh::init_dma_pool(ram_start, pool_end);
+    log::info!(target: "usbdom", "DMA pool {ram_start:#x}..{pool_end:#x} ({} pages, identity-mapped)",
+        platform::pvh::dma_pool_free_pages());
+    let platform = platform::pvh::PvhPlatform::new();
+    if let Some(name) = cmdline::get(info.cmdline, "usbdom.selftest") {
+        selftest::run(name, &platform);
+    }
+    log::info!(target: "usbdom", "ready");
+    log::info!(target: "usbdom", "no service under PVH without a self-test: shutdown (poweroff)");
+    exit::exit(exit::Exit::Poweroff)
+}
+
+/// Xen PV entry (from `boot/`): `start_info` = virtual address of Xen's `start_info`.
+#[no_mangle]
+pub extern "C" fn usbdom_xen_pv_main(start_info: *const u8) -> ! {
+    exit::set_kind(Kind::XenPv);
+    console::init_xen_early();
+    // SAFETY: Xen passes the start_info VA in %rsi; it is mapped and 1168 bytes long.
+    let si = unsafe { pv::start_info::StartInfo::read(start_info as usize) };
+    pv::mm::init_p2m(si.mfn_list as usize, si.nr_pages as usize);
+    // The console ring page is in Xen's initial mapping: va = m2p[mfn] * 4096.
+    let cons_va = pv::mm::pfn_to_va(pv::mm::mfn_to_pfn(si.console_mfn));
+    // SAFETY: the console frame is ours, mapped by the domain builder at its pfn's address.
+    unsafe { console::init_xen_ring(cons_va, si.console_evtchn) };
+    logger::init(log::LevelFilter::Info);
+    let si_info = pv::boot_xen(&si);
+    banner(Kind::XenPv);
+    log::info!(target: "usbdom", "{si_info}");
+    log::info!(target: "usbdom", "cmdline '{}'", si.cmdline());
+    log::warn!(target: "usbdom", "Xen platform (pcifront, BARs, interrupts) not built yet");
+    log::info!(target: "usbdom", "shutdown (poweroff)");
+    exit::exit(exit::Exit::Poweroff)
 }
