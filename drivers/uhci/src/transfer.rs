@@ -150,7 +150,7 @@ pub fn plan_data(
     let pid = if dir_in { PID_IN } else { PID_OUT };
     let mut pieces = split(segs, mps)?;
     let total: u64 = pieces.iter().map(|p| p.1 as u64).sum();
-    if pieces.is_empty() || (!dir_in && zero_packet && total % mps as u64 == 0) {
+    if pieces.is_empty() || (!dir_in && zero_packet && total.is_multiple_of(mps as u64)) {
         pieces.push((0, 0));
     }
     let mut t = toggle;
