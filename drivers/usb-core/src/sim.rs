@@ -46,6 +46,8 @@ pub struct SimDevice {
     pub out_data: Vec<(u8, Vec<u8>)>,
     pub address: u8,
     pub configuration: u8,
+    /// Endpoint addresses whose transfers stall.
+    pub stall_eps: Vec<u8>,
     control_count: u32,
 }
 
@@ -131,6 +133,7 @@ impl SimDevice {
             out_data: Vec::new(),
             address: 0,
             configuration: 0,
+            stall_eps: Vec::new(),
             control_count: 0,
         }
     }
@@ -144,6 +147,33 @@ impl SimDevice {
             ports: vec![SimHubPort::default(); ports as usize],
         });
         d
+    }
+
+    /// Handle a control transfer as the device would, counting it for [`Fault`] injection:
+    /// `None` when the device does not answer at all.
+    pub fn control(&mut self, setup: SetupPacket, out: &[u8]) -> Option<Result<Vec<u8>, HcError>> {
+        self.control_count += 1;
+        match self.fault {
+            Fault::SilentAfter(n) if self.control_count > n => None,
+            Fault::StallControlAfter(n) if self.control_count > n => Some(Err(HcError::Stall)),
+            _ => Some(SimHc::device_control(self, setup, out)),
+        }
+    }
+
+    /// The device `route` leads to, starting at this device as the one on the root port.
+    pub fn descend(&mut self, route: &Route) -> Option<&mut SimDevice> {
+        let mut d = self;
+        for t in 1..=route.depth {
+            let port = route.port_at(t)? as usize;
+            d = d
+                .hub
+                .as_mut()?
+                .ports
+                .get_mut(port.checked_sub(1)?)?
+                .device
+                .as_mut()?;
+        }
+        Some(d)
     }
 
     fn hub_descriptor(&self) -> Vec<u8> {
@@ -281,8 +311,13 @@ impl SimHc {
         off as u32
     }
 
-    /// Run a control request against device `d`; `Ok(Some(data))` for IN data.
-    fn device_control(d: &mut SimDevice, s: SetupPacket, out: &[u8]) -> Result<Vec<u8>, HcError> {
+    /// Run a control request against device `d`: the IN data (empty for OUT / no data), or the
+    /// error the device answers with.
+    pub fn device_control(
+        d: &mut SimDevice,
+        s: SetupPacket,
+        out: &[u8],
+    ) -> Result<Vec<u8>, HcError> {
         let ty = (s.value >> 8) as u8;
         let idx = s.value as u8;
         match (s.request_type, s.request) {
@@ -477,15 +512,15 @@ impl HostController for SimHc {
             None => Err(HcError::Transaction),
             Some(d) => {
                 if let Some(setup) = r.setup {
-                    d.control_count += 1;
-                    match d.fault {
-                        Fault::SilentAfter(n) if d.control_count > n => {
+                    match d.control(SetupPacket::from_bytes(setup), &out) {
+                        None => {
                             self.silent.push(comp);
                             return Ok(id);
                         }
-                        Fault::StallControlAfter(n) if d.control_count > n => Err(HcError::Stall),
-                        _ => Self::device_control(d, SetupPacket::from_bytes(setup), &out),
+                        Some(res) => res,
                     }
+                } else if d.stall_eps.contains(&ep.0) {
+                    Err(HcError::Stall)
                 } else if ep.direction() == Direction::In {
                     d.in_data.pop_front().ok_or(HcError::Transaction)
                 } else {
