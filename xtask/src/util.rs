@@ -209,7 +209,9 @@ pub fn cached(
     key: &str,
     build: impl FnOnce(&Path) -> Result<(), String>,
 ) -> Result<bool, String> {
-    let stamp = out.with_extension("key");
+    let mut stamp = out.as_os_str().to_owned();
+    stamp.push(".key");
+    let stamp = PathBuf::from(stamp);
     if out.exists() && fs::read_to_string(&stamp).ok().as_deref() == Some(key) {
         return Ok(false);
     }

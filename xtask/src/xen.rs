@@ -571,15 +571,22 @@ pub fn diagnostics(b: &Boot, r: &BootResult) {
     println!("---- QEMU command line ----\n{}", r.out.cmdline);
 }
 
-/// The kernel to boot as the driver domain: built fresh; its stripped copy goes into the initramfs.
-fn kernel_or_fail(r: &mut Report, what: &str) -> Option<crate::build::Kernel> {
-    match crate::build::kernel() {
-        Ok(k) => Some(k),
-        Err(e) => {
-            r.fail(&format!("{what}: kernel build"), e);
-            None
+/// The guest to boot as the driver domain: the kernel built fresh (its stripped copy goes into the
+/// initramfs), or, for harness development, `$XTASK_GUEST` (any PV kernel; `$XTASK_GUEST_MEM`
+/// sets its `memory=`).
+fn guest() -> Result<(PathBuf, Vec<(String, String)>), String> {
+    if let Some(g) = std::env::var_os("XTASK_GUEST") {
+        println!(
+            "xen: NOTE: booting $XTASK_GUEST={} instead of usbdom",
+            g.to_string_lossy()
+        );
+        let mut vars = vec![];
+        if let Ok(m) = std::env::var("XTASK_GUEST_MEM") {
+            vars.push(("mem".to_string(), m));
         }
+        return Ok((PathBuf::from(g), vars));
     }
+    Ok((crate::build::kernel()?.stripped, vec![]))
 }
 
 pub fn tier(r: &mut Report) {
@@ -596,14 +603,15 @@ pub fn tier(r: &mut Report) {
         art.xen_hcd.display(),
         art.base_cpio.display()
     );
-    let Some(k) = kernel_or_fail(r, "xen") else {
-        return;
+    let (guest, dom0_vars) = match guest() {
+        Ok(g) => g,
+        Err(e) => return r.fail("xen: kernel build", e),
     };
     let b = Boot {
         art: &art,
-        guest: &k.stripped,
+        guest: &guest,
         test: "usbdom",
-        dom0_vars: vec![],
+        dom0_vars,
         devices: vec![],
         extra_files: vec![],
         dir: util::target().join("xen-tier"),
@@ -681,12 +689,13 @@ pub fn cmd_run(hold: u32) -> Result<bool, String> {
         Ok(a) => a,
         Err(why) => return Err(format!("cannot run: {why}")),
     };
-    let k = crate::build::kernel()?;
+    let (guest, mut dom0_vars) = guest()?;
+    dom0_vars.push(("hold".into(), hold.to_string()));
     let b = Boot {
         art: &art,
-        guest: &k.stripped,
+        guest: &guest,
         test: "run",
-        dom0_vars: vec![("hold".into(), hold.to_string())],
+        dom0_vars,
         devices: vec![],
         extra_files: vec![],
         dir: util::target().join("run"),
@@ -725,7 +734,7 @@ pub fn cmd_e2e(o: E2e) -> Result<bool, String> {
         Ok(a) => a,
         Err(why) => return Err(format!("cannot run: {why}")),
     };
-    let k = crate::build::kernel()?;
+    let (guest, dom0_vars) = guest()?;
     let dir = util::target().join("e2e");
     let monitor = dir.join("monitor.sock");
     println!(
@@ -739,9 +748,9 @@ pub fn cmd_e2e(o: E2e) -> Result<bool, String> {
     }
     let b = Boot {
         art: &art,
-        guest: &k.stripped,
+        guest: &guest,
         test: "e2e",
-        dom0_vars: vec![],
+        dom0_vars,
         devices: o.devices,
         extra_files: extra,
         dir,
