@@ -12,11 +12,11 @@ extern crate alloc;
 
 pub mod abi;
 pub mod buffer;
+pub mod channel;
 pub mod hypervisor;
 pub mod shm;
 pub mod pcifront;
 pub mod ring;
-#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod xenbus;
 pub mod xenstore;

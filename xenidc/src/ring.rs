@@ -155,8 +155,19 @@ impl<M: SharedMem, Req: RingEntry, Rsp: RingEntry> BackRing<M, Req, Rsp> {
     /// `rsp_prod`, which is 0 on a fresh ring. The value is untrusted; a bogus one shows up as
     /// [`RingError::BadReqProd`] on the first consume.
     pub fn attach(mem: M) -> Result<Self, RingError> {
-        let (size, slot) = geometry::<M, Req, Rsp>(&mem)?;
-        let start = mem.load_u32_acquire(RSP_PROD_OFFSET)?;
+        Self::try_attach(mem).map_err(|(e, _)| e)
+    }
+
+    /// [`BackRing::attach`] that hands the page back on failure (so a mapping can be undone).
+    pub fn try_attach(mem: M) -> Result<Self, (RingError, M)> {
+        let (size, slot) = match geometry::<M, Req, Rsp>(&mem) {
+            Ok(g) => g,
+            Err(e) => return Err((e, mem)),
+        };
+        let start = match mem.load_u32_acquire(RSP_PROD_OFFSET) {
+            Ok(v) => v,
+            Err(e) => return Err((e.into(), mem)),
+        };
         Ok(BackRing {
             mem,
             size,

@@ -456,8 +456,9 @@ impl Hypervisor for SimDomain {
             let e = g.grants[gref.0 as usize].as_mut().unwrap();
             e.maps += 1;
             let bus_addr = e.frame << 12;
+            let mem = if readonly { page.read_only() } else { page };
             Ok(Mapping {
-                mem: page,
+                mem,
                 handle: GrantHandle(handle),
                 bus_addr,
                 dom,
