@@ -77,11 +77,12 @@ pub struct DomStats {
     pub map_failures: u64,
 }
 
-/// The simulated xenstore server, plugged in with [`Sim::set_xenstore_service`].
+/// The simulated xenstore server, plugged in with [`Sim::set_xenstore_service`]
+/// ([`xenstored::RingXenstored`] is the real one).
 pub trait XenstoreService {
-    /// Domain `dom` notified its xenstore port; `page` is its ring page. Process what is there and
-    /// return true to notify the domain back.
-    fn kick(&mut self, dom: DomId, page: &HostMem) -> bool;
+    /// Domain `dom` notified its xenstore port; `page` is its ring page. Process what is there;
+    /// call `notify(d)` for every domain whose ring received output.
+    fn kick(&mut self, dom: DomId, page: &HostMem, notify: &mut dyn FnMut(DomId));
 }
 
 #[derive(Debug, Clone)]
@@ -654,12 +655,12 @@ impl Hypervisor for SimDomain {
             }
         })?;
         if xenstore_kick {
-            let notify = match self.sim.xenstore.borrow_mut().as_mut() {
-                Some(s) => s.kick(self.id, &self.xs_page),
-                None => false,
-            };
-            if notify {
-                self.sim.notify_xenstore_client(self.id);
+            let mut to_notify = Vec::new();
+            if let Some(s) = self.sim.xenstore.borrow_mut().as_mut() {
+                s.kick(self.id, &self.xs_page, &mut |d| to_notify.push(d));
+            }
+            for d in to_notify {
+                self.sim.notify_xenstore_client(d);
             }
         }
         Ok(())
@@ -776,6 +777,8 @@ fn copy_one(w: &mut World, me: DomId, op: &CopyOp, buf: &mut [u8; PAGE_SIZE]) ->
     }
     GntStatus::OKAY
 }
+
+pub mod xenstored;
 
 #[cfg(test)]
 mod tests;
