@@ -33,7 +33,15 @@
 //! refused with [`HcError::EndpointHalted`] until [`HostController::clear_halt`] is called.  This
 //! keeps the order of transfers on an endpoint intact: a client re-submits the failed ones in
 //! order.  (Clearing the halt on the *device* side, `CLEAR_FEATURE(ENDPOINT_HALT)`, is the
-//! caller's business, USB 2.0 §9.4.1; control endpoints need none, §8.5.3.4.)
+//! caller's business, USB 2.0 §9.4.1; control endpoints need none, §8.5.3.4.)  A short IN transfer
+//! reported as [`HcError::ShortPacket`] (because of [`TransferFlags::SHORT_NOT_OK`]) does not halt
+//! the endpoint: the hardware moves on to the next transfer by itself.
+//!
+//! # Cancel
+//! [`HostController::cancel`] stops the endpoint, removes the transfer and restarts the endpoint
+//! at the first transfer still queued.  If that transfer had been started and was cut off by the
+//! stop, it is executed again from its beginning (the controllers usbdom drives report no partial
+//! progress of a stopped transfer that could be resumed safely).
 //!
 //! How xHCI and UHCI map onto this: xHCI 1.2 §4.3 (device slot initialisation: Enable Slot,
 //! Address Device), §4.6.6 (Configure Endpoint), §4.6.8 / §4.6.9 / §4.6.10 (Reset Endpoint, Stop

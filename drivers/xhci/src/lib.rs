@@ -142,7 +142,11 @@ impl<P: Platform> Xhci<P> {
         if regs.size() < 0x100 {
             return Err(HcError::Invalid("register window too small"));
         }
-        let caplen = regs.read8(CAPLENGTH) as usize;
+        // CAPLENGTH and HCIVERSION share the first dword; read it whole (QEMU's qemu-xhci and some
+        // hardware only implement 32-bit accesses to the capability registers).
+        let cap0 = regs.read32(CAPLENGTH);
+        let caplen = (cap0 & 0xff) as usize;
+        let version = (cap0 >> 16) as u16;
         let hcs1 = regs.read32(HCSPARAMS1);
         let hcs2 = regs.read32(HCSPARAMS2);
         let hcc1 = regs.read32(HCCPARAMS1);
@@ -160,7 +164,7 @@ impl<P: Platform> Xhci<P> {
         }
         log::info!(
             "xhci: version {:x}, {} slots, {} ports, {}-byte contexts",
-            regs.read16(HCIVERSION),
+            version,
             max_slots,
             max_ports,
             if hcc1 & HCC_CSZ != 0 { 64 } else { 32 }
