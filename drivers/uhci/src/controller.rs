@@ -18,7 +18,8 @@
 //! A TD that fails stays inactive with its status bits set and the controller leaves the QH
 //! pointing at it (§3.2.2).  The transfer completes with the mapped error, the endpoint is halted
 //! (the rule of [`usb_core::hc`]) and the transfers queued behind it complete with
-//! `EndpointHalted`.  Babble disables the device's root port: a babbling device is cut off.  A host
+//! `EndpointHalted`; a short packet refused with `SHORT_NOT_OK` is the exception: it does not halt,
+//! the next transfer starts with the toggle after the short packet.  Babble disables the device's root port: a babbling device is cut off.  A host
 //! system or process error (§2.1.2 HSE/HCPE) stops the controller; every transfer completes with
 //! `ControllerDead`.
 
@@ -286,6 +287,11 @@ impl<P: Platform> Uhci<P> {
             dead: false,
             stats: Stats::default(),
         })
+    }
+
+    /// Whether the controller stopped (host system / process error).
+    pub fn is_dead(&self) -> bool {
+        self.dead
     }
 
     /// Diagnostic counters.
@@ -647,8 +653,12 @@ impl<P: Platform> Uhci<P> {
                     ep.toggle = tg;
                 }
             }
+            // A short packet refused by SHORT_NOT_OK does not halt the endpoint (the rule of
+            // usb_core::hc); every other error does.
             if let Err(e) = result {
-                ep.halted = true;
+                if e != HcError::ShortPacket {
+                    ep.halted = true;
+                }
                 if e == HcError::Babble {
                     port_to_disable = Some(root);
                 }
@@ -662,7 +672,7 @@ impl<P: Platform> Uhci<P> {
             debug!("uhci: transfer {id} on device {dev} ep {key:#x} failed: {e}");
         }
         self.finish(id, result);
-        if result.is_err() {
+        if matches!(result, Err(e) if e != HcError::ShortPacket) {
             self.flush_queue(dev, key, HcError::EndpointHalted);
         }
         if let Some(port) = port_to_disable {
