@@ -325,7 +325,7 @@ impl fmt::Display for DecodeError {
 /// ```
 /// use xenidc::xenstore::wire::{Decoder, encode, MsgType, TxId};
 /// let mut bytes = Vec::new();
-/// encode(&mut bytes, MsgType::READ, 7, TxId::NONE, &[b"value"], false).unwrap();
+/// encode(&mut bytes, MsgType::READ, 7, TxId::NONE, &[b"value"], true).unwrap();
 /// let mut dec = Decoder::new();
 /// let mut input = &bytes[..3];
 /// assert!(dec.decode(&mut input).unwrap().is_none()); // partial header
