@@ -154,7 +154,7 @@ xt_up() {
     xt "usbdom ready"
     return 0
   fi
-  xt "usbdom NOT ready within ${XT_READY_TIMEOUT:-90}s"
+  xt "usbdom did not reach 'usbdom: ready' (gone, panicked or ${XT_READY_TIMEOUT:-90}s timeout)"
   xt_diag
   return 1
 }

@@ -18,17 +18,103 @@ fn cargo() -> String {
 pub fn tier(r: &mut Report) {
     println!("==== host tier ====");
     let t0 = std::time::Instant::now();
-    let res = util::run(
-        Command::new(cargo())
-            .current_dir(util::root())
-            .args(["test", "--quiet"]),
-    );
-    match res {
-        Ok(()) => r.pass("host: cargo test (workspace default members)"),
+    match cargo_test() {
+        Ok((ok, units)) => {
+            // Binaries without a test (empty doc-tests, crates with no tests yet) are not results.
+            for u in units.iter().filter(|u| u.passed + u.failed > 0 || !u.ok) {
+                let name = format!("host: {} ({} tests)", u.name, u.passed + u.failed);
+                r.check(&name, u.ok, format!("{} failed", u.failed));
+            }
+            if !ok && units.iter().all(|u| u.ok) {
+                r.fail(
+                    "host: cargo test (workspace default members)",
+                    "cargo test failed outside any test binary (build error?)",
+                );
+            }
+            if units.is_empty() && ok {
+                r.fail("host: cargo test", "no test binary ran");
+            }
+        }
         Err(e) => r.fail("host: cargo test (workspace default members)", e),
     }
     println!("host: cargo test took {:.0}s", util::secs(t0));
     fuzz(r);
+}
+
+/// The result of one test binary (unit tests of a crate, an integration test, doc-tests).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unit {
+    pub name: String,
+    pub ok: bool,
+    pub passed: u32,
+    pub failed: u32,
+}
+
+fn count_before(s: &str, word: &str) -> u32 {
+    s.split(';')
+        .find_map(|p| p.trim().strip_suffix(word))
+        .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Parse `cargo test` output (stdout and stderr merged) into per-binary results.
+pub fn parse_cargo_test(out: &str) -> Vec<Unit> {
+    let mut units = Vec::new();
+    let mut current: Option<String> = None;
+    for l in out.lines() {
+        let t = l.trim();
+        if let Some(rest) = t.strip_prefix("Running ") {
+            // "unittests src/lib.rs (target/debug/deps/hal-0123abcd)"
+            let (what, path) = rest.split_once(" (").unwrap_or((rest, ""));
+            let bin = path.trim_end_matches(')').rsplit('/').next().unwrap_or("");
+            let bin = bin.rsplit_once('-').map(|(b, _)| b).unwrap_or(bin);
+            current = Some(format!("{bin}: {what}"));
+        } else if let Some(krate) = t.strip_prefix("Doc-tests ") {
+            current = Some(format!("{krate}: doc-tests"));
+        } else if let Some(res) = t.strip_prefix("test result: ") {
+            let name = current
+                .take()
+                .unwrap_or_else(|| "(unnamed test binary)".into());
+            units.push(Unit {
+                name,
+                ok: res.starts_with("ok"),
+                passed: count_before(res, "passed"),
+                failed: count_before(res, "failed"),
+            });
+        }
+    }
+    units
+}
+
+/// Run `cargo test --no-fail-fast` on the default members, echoing its output; returns whether
+/// it succeeded and the per-binary results.
+fn cargo_test() -> Result<(bool, Vec<Unit>), String> {
+    let (mut rd, wr) = std::io::pipe().map_err(|e| e.to_string())?;
+    let wr2 = wr.try_clone().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(util::root())
+        .args(["test", "--no-fail-fast"])
+        .stdout(wr)
+        .stderr(wr2);
+    eprintln!("+ {}", util::show_cmd(&cmd));
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start cargo: {e}"))?;
+    drop(cmd);
+    let mut all = String::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        use std::io::{Read, Write};
+        match rd.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let _ = std::io::stdout().write_all(&buf[..n]);
+                all.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+    }
+    let st = child.wait().map_err(|e| e.to_string())?;
+    Ok((st.success(), parse_cargo_test(&all)))
 }
 
 /// Directories `<crate>/fuzz` holding a cargo-fuzz project (a `Cargo.toml`), at most three levels deep.
@@ -150,6 +236,45 @@ fn fuzz(r: &mut Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cargo_test_output_parsing() {
+        let out = "   Compiling hal v0.1.0
+     Running unittests src/lib.rs (target/debug/deps/hal-1a2b3c4d)
+
+running 2 tests
+test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s
+
+     Running tests/model.rs (target/x/debug/deps/model-99aa)
+test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.1s
+   Doc-tests xenidc
+test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s
+";
+        let u = parse_cargo_test(out);
+        assert_eq!(
+            u,
+            vec![
+                Unit {
+                    name: "hal: unittests src/lib.rs".into(),
+                    ok: true,
+                    passed: 2,
+                    failed: 0
+                },
+                Unit {
+                    name: "model: tests/model.rs".into(),
+                    ok: false,
+                    passed: 3,
+                    failed: 1
+                },
+                Unit {
+                    name: "xenidc: doc-tests".into(),
+                    ok: true,
+                    passed: 0,
+                    failed: 0
+                },
+            ]
+        );
+    }
 
     #[test]
     fn finds_fuzz_projects_but_not_targets_or_plain_dirs() {

@@ -47,6 +47,31 @@ pub const SCENARIOS: &[Scenario] = &[
         actions: &[],
         timeout_s: 120,
     },
+    // xHCI driver + usb-core (issue 4): enumeration of a stick (SuperSpeed: usb-storage takes the
+    // USB3 port), a keyboard and a full-speed hub with a mouse behind it; whole-image checksum,
+    // write/read-back, a key sent with `sendkey`, and keyboard hot-unplug/plug.
+    Scenario {
+        name: "xhci",
+        devices: &[
+            ("-device", "qemu-xhci,id=usbc"),
+            STICK,
+            ("-device", "usb-storage,bus=usbc.0,port=1,drive=stick"),
+            ("-device", "usb-kbd,bus=usbc.0,port=2,id=kbd1"),
+            ("-device", "usb-hub,bus=usbc.0,port=3"),
+            ("-device", "usb-mouse,bus=usbc.0,port=3.1"),
+        ],
+        cmdline: "usbdom.selftest=xhci usbdom.xhci_hotplug=1",
+        disk_mib: 8,
+        actions: &[
+            ("XHCI-ACTION sendkey", "sendkey a"),
+            ("XHCI-ACTION unplug", "device_del kbd1"),
+            (
+                "XHCI-ACTION plug",
+                "device_add usb-kbd,bus=usbc.0,port=4,id=kbd2",
+            ),
+        ],
+        timeout_s: 300,
+    },
     Scenario {
         name: "probe-uhci",
         devices: &[
