@@ -1,0 +1,376 @@
+//! `xhci`: drive the first xHCI controller with the xhci driver and usb-core's enumeration and
+//! check, against QEMU's emulated devices:
+//! 1. every device enumerates (descriptors and strings logged), none fails;
+//! 2. the usb-storage stick: the whole image is read through BOT/SCSI ([`super::bot`]) and its
+//!    FNV-1a 64 compared with `usbdom.disk_fnv` (and `usbdom.disk_bytes`) from the command line;
+//!    a pattern is written and read back; on a USB3 root port it must be SuperSpeed;
+//! 3. the keyboard: a report with a key pressed arrives after the line `XHCI-ACTION sendkey`
+//!    (the scenario sends `sendkey a` through the QEMU monitor);
+//! 4. hubs: every hub has at least one device enumerated behind it;
+//! 5. hotplug, when the command line has `usbdom.xhci_hotplug=1`: after `XHCI-ACTION unplug` the
+//!    keyboard is removed (`device_del`) while an interrupt transfer is outstanding — the transfer
+//!    must fail with "no device" and the bus must report the detach; after `XHCI-ACTION plug` a new
+//!    keyboard (`device_add`) must enumerate.
+//!
+//! References: xHCI 1.2 (driver), USB 2.0 ch. 9/11, USB MSC BOT 1.0, HID 1.11 appendix B (boot
+//! keyboard report).
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::marker::PhantomData;
+
+use hal::{Clock, DmaAlloc, DmaBuf, DmaSegment, HalError};
+use usb_core::hc::{
+    DeviceId, Direction, EndpointAddress, HcError, HcEvent, HostController, Speed, TransferFlags,
+    TransferRequest, TransferType,
+};
+use usb_core::registry::UsbDevice;
+use usb_core::{Bus, BusEvent};
+use xhci::Xhci;
+
+use super::bot::{Bot, MAX_XFER};
+use crate::cmdline;
+use crate::platform::{Platform, Regs};
+
+/// The driver's view of the kernel platform: borrows the platform's allocator and clock.
+struct KernelHal<'a, P: Platform>(PhantomData<&'a P>);
+
+struct DmaRef<'a, D>(&'a D);
+struct ClockRef<'a, C>(&'a C);
+
+impl<D> Clone for DmaRef<'_, D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<D> Copy for DmaRef<'_, D> {}
+impl<C> Clone for ClockRef<'_, C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<C> Copy for ClockRef<'_, C> {}
+
+impl<D: DmaAlloc> DmaAlloc for DmaRef<'_, D> {
+    type Buf = D::Buf;
+    fn alloc(&self, size: usize, align: usize) -> Result<D::Buf, HalError> {
+        self.0.alloc(size, align)
+    }
+}
+
+impl<C: Clock> Clock for ClockRef<'_, C> {
+    fn now_ns(&self) -> u64 {
+        self.0.now_ns()
+    }
+    fn delay_us(&self, us: u64) {
+        self.0.delay_us(us)
+    }
+}
+
+impl<'a, P: Platform> hal::Platform for KernelHal<'a, P> {
+    type Regs = Regs;
+    type Dma = DmaRef<'a, P::Dma>;
+    type Clock = ClockRef<'a, P::Clock>;
+    type Irq = P::Irq;
+}
+
+type TestBus<'a, P> = Bus<
+    Xhci<KernelHal<'a, P>>,
+    DmaRef<'a, <P as hal::Platform>::Dma>,
+    ClockRef<'a, <P as hal::Platform>::Clock>,
+>;
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+fn fnv1a64(mut h: u64, data: &[u8]) -> u64 {
+    for &b in data {
+        h ^= b as u64;
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    h
+}
+
+fn log_device(d: &UsbDevice) {
+    let dd = &d.descriptor;
+    log::info!(target: "xhci",
+        "device {} slot {} addr {}: {:04x}:{:04x} usb {:x}.{:02x} class {:02x}/{:02x}/{:02x} {:?} ep0 {} '{}' '{}' '{}'",
+        d.info.route, d.id.0, d.address, dd.vendor, dd.product, dd.usb_version >> 8,
+        dd.usb_version & 0xff, dd.class, dd.subclass, dd.protocol, d.info.speed,
+        dd.max_packet0().unwrap_or(0), d.manufacturer.as_deref().unwrap_or(""),
+        d.product.as_deref().unwrap_or(""), d.serial.as_deref().unwrap_or(""));
+    if let Some(c) = &d.config {
+        log::info!(target: "xhci", "  configuration {}: {} interface(s), {} bytes, attributes {:#04x}, max power {}",
+            c.value, c.num_interfaces, d.config_raw.len(), c.attributes, c.max_power);
+        for i in &c.interfaces {
+            log::info!(target: "xhci", "  interface {} alt {}: class {:02x}/{:02x}/{:02x}",
+                i.number, i.alternate, i.class, i.subclass, i.protocol);
+            for e in &i.endpoints {
+                log::info!(target: "xhci", "    endpoint {:#04x} {:?} max packet {} interval {}{}",
+                    e.address.0, e.kind(), e.max_packet(), e.interval,
+                    e.companion.map(|c| format!(" (SS burst {})", c.max_burst)).unwrap_or_default());
+            }
+        }
+    }
+    if let Some(h) = d.hub {
+        log::info!(target: "xhci", "  hub: {} ports, multi-TT {}", h.ports, h.multi_tt);
+    }
+}
+
+fn is_keyboard(d: &UsbDevice) -> Option<EndpointAddress> {
+    let c = d.config.as_ref()?;
+    let i = c
+        .interfaces
+        .iter()
+        .find(|i| i.class == 3 && i.subclass == 1 && i.protocol == 1)?;
+    i.endpoints
+        .iter()
+        .find(|e| e.kind() == TransferType::Interrupt && e.address.direction() == Direction::In)
+        .map(|e| e.address)
+}
+
+pub fn run<P: Platform>(platform: &P, cmd: &str) -> Result<(), String> {
+    let f = platform
+        .functions()
+        .iter()
+        .find(|f| f.id.class == hal::PciId::CLASS_USB_XHCI)
+        .ok_or_else(|| String::from("no xHCI controller on PCI (start QEMU with -device qemu-xhci)"))?;
+    let regs = platform
+        .map_bar(f, 0)
+        .map_err(|e| format!("mapping BAR0 of {}: {e}", f.addr))?;
+    let irq = match platform.bind_interrupt(f) {
+        Ok(i) => Some(i),
+        Err(e) => {
+            log::warn!(target: "xhci", "no interrupt ({e}); polling");
+            None
+        }
+    };
+    log::info!(target: "xhci", "controller {} ({:04x}:{:04x}), interrupts {}", f.addr, f.id.vendor,
+        f.id.device, platform.irq_description());
+    let dma = DmaRef(platform.dma());
+    let clock = ClockRef(platform.clock());
+    let hc = Xhci::<KernelHal<'_, P>>::new(regs, dma, clock, irq)
+        .map_err(|e| format!("xHCI bring-up: {e}"))?;
+    let mut bus: TestBus<'_, P> = Bus::new(hc, dma, clock).map_err(|e| format!("bus: {e}"))?;
+
+    // 1. Enumerate everything.
+    let t0 = clock.now_ns();
+    let events = bus.scan();
+    let mut failures = Vec::new();
+    for e in &events {
+        if let BusEvent::Failed(route, err) = e {
+            failures.push(format!("device on port {route} failed to enumerate: {err}"));
+        }
+    }
+    log::info!(target: "xhci", "enumerated {} device(s) in {} ms", bus.registry.len(),
+        (clock.now_ns() - t0) / 1_000_000);
+    for d in bus.registry.iter() {
+        log_device(d);
+    }
+    if let Some(f) = failures.into_iter().next() {
+        return Err(f);
+    }
+    if bus.registry.is_empty() {
+        return Err(String::from("no USB device enumerated"));
+    }
+    // 4. Hubs have their children.
+    for h in bus.registry.iter().filter(|d| d.hub.is_some()) {
+        if !bus.registry.iter().any(|d| d.parent == Some(h.id)) {
+            return Err(format!("hub at {} has no device enumerated behind it", h.info.route));
+        }
+        log::info!(target: "xhci", "hub at {}: devices behind it enumerated", h.info.route);
+    }
+
+    // 2. Storage.
+    storage_test(&mut bus, cmd)?;
+
+    // 3. Keyboard.
+    let (kbd, ep) = bus
+        .registry
+        .iter()
+        .find_map(|d| is_keyboard(d).map(|e| (d.id, e)))
+        .ok_or_else(|| String::from("no boot keyboard enumerated"))?;
+    keyboard_test(&mut bus, kbd, ep)?;
+
+    // 5. Hotplug.
+    if cmdline::get(cmd, "usbdom.xhci_hotplug") == Some("1") {
+        hotplug_test(&mut bus, kbd, ep)?;
+    }
+    Ok(())
+}
+
+fn storage_test<P: Platform>(bus: &mut TestBus<'_, P>, cmd: &str) -> Result<(), String> {
+    let mut bot = Bot::find(bus)?;
+    let dev = bus.registry.get(bot.dev).expect("found in registry");
+    let (route, speed) = (dev.info.route, dev.info.speed);
+    if bus.hc.is_usb3_port(route.root_port) && route.depth == 0 && speed != Speed::Super {
+        return Err(format!("storage on USB3 port {route} is {speed:?}, not SuperSpeed"));
+    }
+    log::info!(target: "xhci", "storage at {route}: {speed:?}");
+    let ident = bot.init(bus)?;
+    let total = bot.blocks * bot.block_size as u64;
+    log::info!(target: "xhci", "storage '{ident}': {} blocks of {} bytes ({} KiB)", bot.blocks,
+        bot.block_size, total / 1024);
+    let want_bytes = cmdline::get(cmd, "usbdom.disk_bytes").and_then(|v| v.parse::<u64>().ok());
+    let want_fnv = cmdline::get(cmd, "usbdom.disk_fnv").and_then(|v| u64::from_str_radix(v, 16).ok());
+    if let Some(b) = want_bytes {
+        if b != total {
+            return Err(format!("capacity {total} bytes, image is {b}"));
+        }
+    }
+    // Whole-image read.
+    let clock = bus.clock;
+    let t0 = clock.now_ns();
+    let mut h = FNV_OFFSET;
+    let mut chunk = alloc::vec![0u8; MAX_XFER];
+    let per = bot.max_blocks() as u64;
+    let mut lba = 0;
+    while lba < bot.blocks {
+        let n = per.min(bot.blocks - lba) as u16;
+        let bytes = bot.read(bus, lba, n)?;
+        bot.data.read_bytes(0, &mut chunk[..bytes]);
+        h = fnv1a64(h, &chunk[..bytes]);
+        lba += n as u64;
+    }
+    let ns = (clock.now_ns() - t0).max(1);
+    let kib_s = total * 1_000_000_000 / 1024 / ns;
+    log::info!(target: "xhci", "read {} KiB in {} ms: {} KiB/s, fnv1a64 {h:016x}", total / 1024,
+        ns / 1_000_000, kib_s);
+    match want_fnv {
+        Some(w) if w != h => return Err(format!("image checksum {h:016x}, expected {w:016x}")),
+        Some(_) => log::info!(target: "xhci", "whole-image checksum matches"),
+        None => log::warn!(target: "xhci", "no usbdom.disk_fnv on the command line: checksum not compared"),
+    }
+    // Write a pattern over a 64 KiB-crossing range and read it back.
+    let blocks = bot.max_blocks().min(bot.blocks as u16);
+    let at = (bot.blocks / 2).saturating_sub(blocks as u64 / 2);
+    let len = blocks as usize * bot.block_size as usize;
+    let pattern: Vec<u8> = (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ 0x5a).collect();
+    bot.data.write_bytes(0, &pattern);
+    bot.write(bus, at, blocks)?;
+    bot.data.zero();
+    bot.read(bus, at, blocks)?;
+    bot.data.read_bytes(0, &mut chunk[..len]);
+    if chunk[..len] != pattern[..] {
+        let first = chunk.iter().zip(&pattern).position(|(a, b)| a != b).unwrap_or(0);
+        return Err(format!("write/read-back mismatch at byte {first} of {len} (LBA {at})"));
+    }
+    log::info!(target: "xhci", "wrote and read back {len} bytes at LBA {at}: identical");
+    Ok(())
+}
+
+/// Wait for the completion of `id`, handing other events to the bus; returns the completion.
+fn wait_completion<P: Platform>(
+    bus: &mut TestBus<'_, P>,
+    id: usb_core::hc::TransferId,
+    timeout_ms: u64,
+    port_events: &mut Vec<u8>,
+) -> Option<usb_core::hc::Completion> {
+    let clock = bus.clock;
+    let deadline = clock.now_ns() + timeout_ms * 1_000_000;
+    while clock.now_ns() < deadline {
+        match bus.poll() {
+            Some(HcEvent::Transfer(c)) if c.id == id => return Some(c),
+            Some(HcEvent::PortChange(p)) => port_events.push(p),
+            Some(_) => {}
+            None => clock.delay_us(200),
+        }
+    }
+    None
+}
+
+fn keyboard_test<P: Platform>(
+    bus: &mut TestBus<'_, P>,
+    kbd: DeviceId,
+    ep: EndpointAddress,
+) -> Result<(), String> {
+    let buf = bus.dma().alloc(64, 64).map_err(|e| format!("DMA: {e}"))?;
+    let seg = [DmaSegment { bus_addr: buf.bus_addr(), len: 8 }];
+    let req = TransferRequest {
+        device: kbd,
+        endpoint: ep,
+        setup: None,
+        buffer: &seg,
+        flags: TransferFlags::empty(),
+    };
+    log::info!(target: "xhci", "XHCI-ACTION sendkey: waiting for a key press on the keyboard");
+    let mut ports = Vec::new();
+    for _ in 0..8 {
+        let id = bus.hc.submit(&req).map_err(|e| format!("keyboard submit: {e}"))?;
+        let c = wait_completion(bus, id, 20_000, &mut ports)
+            .ok_or_else(|| String::from("no keyboard report within 20 s"))?;
+        c.result.map_err(|e| format!("keyboard transfer: {e}"))?;
+        let mut rep = [0u8; 8];
+        buf.read_bytes(0, &mut rep);
+        log::info!(target: "xhci", "keyboard report {:02x?} ({} bytes)", rep, c.actual);
+        if rep[2..].iter().any(|&k| k != 0) {
+            log::info!(target: "xhci", "key usage {:#04x} received", rep[2]);
+            return Ok(());
+        }
+    }
+    Err(String::from("keyboard reports arrived but none with a key pressed"))
+}
+
+fn hotplug_test<P: Platform>(
+    bus: &mut TestBus<'_, P>,
+    kbd: DeviceId,
+    ep: EndpointAddress,
+) -> Result<(), String> {
+    let route = bus.registry.get(kbd).ok_or("keyboard gone")?.info.route;
+    let buf = bus.dma().alloc(64, 64).map_err(|e| format!("DMA: {e}"))?;
+    let seg = [DmaSegment { bus_addr: buf.bus_addr(), len: 8 }];
+    let req = TransferRequest {
+        device: kbd,
+        endpoint: ep,
+        setup: None,
+        buffer: &seg,
+        flags: TransferFlags::empty(),
+    };
+    let id = bus.hc.submit(&req).map_err(|e| format!("keyboard submit: {e}"))?;
+    log::info!(target: "xhci", "XHCI-ACTION unplug: interrupt transfer outstanding on {route}");
+    let mut ports = Vec::new();
+    let c = wait_completion(bus, id, 30_000, &mut ports)
+        .ok_or_else(|| String::from("outstanding transfer not completed within 30 s of the unplug"))?;
+    if c.result != Err(HcError::NoDevice) {
+        return Err(format!("transfer on the unplugged keyboard ended with {:?}, want no-device", c.result));
+    }
+    log::info!(target: "xhci", "outstanding transfer failed cleanly: {}", HcError::NoDevice);
+    let mut detached = false;
+    for p in ports.drain(..).chain(core::iter::once(route.root_port)) {
+        for e in bus.handle_root_port(p) {
+            log::info!(target: "xhci", "bus event {e:?}");
+            detached |= matches!(e, BusEvent::Detached(id, _) if id == kbd);
+        }
+    }
+    if !detached {
+        return Err(String::from("the unplug was not reported as a detach"));
+    }
+    log::info!(target: "xhci", "disconnect reported");
+    log::info!(target: "xhci", "XHCI-ACTION plug: waiting for a new device");
+    let clock = bus.clock;
+    let deadline = clock.now_ns() + 30_000 * 1_000_000;
+    while clock.now_ns() < deadline {
+        match bus.poll() {
+            Some(HcEvent::PortChange(p)) => {
+                for e in bus.handle_root_port(p) {
+                    log::info!(target: "xhci", "bus event {e:?}");
+                    if let BusEvent::Attached(id) = e {
+                        let d = bus.registry.get(id).expect("just attached");
+                        log_device(d);
+                        if is_keyboard(d).is_some() {
+                            log::info!(target: "xhci", "new keyboard enumerated at {}", d.info.route);
+                            return Ok(());
+                        }
+                    }
+                    if let BusEvent::Failed(r, err) = e {
+                        return Err(format!("plugged device at {r} failed: {err}"));
+                    }
+                }
+            }
+            Some(_) => {}
+            None => clock.delay_us(500),
+        }
+    }
+    Err(String::from("no device enumerated within 30 s of the plug"))
+}
