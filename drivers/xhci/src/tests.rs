@@ -588,3 +588,70 @@ fn event_ring_wraps_many_times() {
     assert!(x.stats.events > 3 * 256);
     assert_eq!(x.stats.stray_events, 0);
 }
+
+#[test]
+fn silent_device_times_out_cleanly_and_its_port_is_disabled() {
+    let r = rig(false, 0);
+    let mut silent = keyboard();
+    silent.fault = usb_core::sim::Fault::SilentAfter(1);
+    r.sim.plug(1, Some(silent));
+    r.sim.plug(2, Some(keyboard()));
+    let x = start(&r, false);
+    let mut bus = Bus::new(x, r.dma.clone(), r.clock.clone()).unwrap();
+    let ev = bus.scan();
+    assert!(
+        matches!(ev[0], BusEvent::Failed(route, usb_core::UsbError::Timeout(_)) if route == Route::root(1)),
+        "{ev:?}"
+    );
+    assert!(matches!(ev[1], BusEvent::Attached(_)), "{ev:?}");
+    // The hanging control transfer was cancelled (Stop Endpoint) and its slot released.
+    let cmds = r.sim.st.borrow().commands.clone();
+    assert!(cmds.contains(&ty::STOP_ENDPOINT), "{cmds:?}");
+    assert!(cmds.contains(&ty::DISABLE_SLOT), "{cmds:?}");
+    assert!(!bus.hc.port_status(1).unwrap().enabled);
+    assert_eq!(bus.hc.stats.stray_events, 0);
+    // The keyboard on the other port works.
+    let kbd = bus.registry.by_route(&Route::root(2)).unwrap().id;
+    let buf = r.dma.alloc(8, 8).unwrap();
+    let seg = [DmaSegment {
+        bus_addr: buf.bus_addr(),
+        len: 8,
+    }];
+    r.sim
+        .device(2)
+        .in_data
+        .push_back(vec![0, 0, 7, 0, 0, 0, 0, 0]);
+    let id = bulk(&mut bus.hc, kbd, 0x81, &seg, TransferFlags::empty());
+    assert_eq!(completions(&mut bus.hc)[0].id, id);
+}
+
+#[test]
+fn babble_and_transaction_errors_map_and_halt() {
+    let r = rig(false, 0);
+    r.sim.plug(2, Some(storage(Speed::High)));
+    let x = start(&r, false);
+    let mut bus = enumerate(&r, x);
+    let dev = bus.registry.by_route(&Route::root(2)).unwrap().id;
+    let x = &mut bus.hc;
+    let buf = r.dma.alloc(512, 64).unwrap();
+    let seg = [DmaSegment {
+        bus_addr: buf.bus_addr(),
+        len: 64,
+    }];
+    r.sim.device(2).in_data.push_back(vec![1; 100]); // more than asked for
+    bulk(x, dev, 0x81, &seg, TransferFlags::empty());
+    assert_eq!(completions(x)[0].result, Err(HcError::Babble));
+    x.clear_halt(dev, EndpointAddress(0x81)).unwrap();
+    r.sim.device(2).in_data.push_back(vec![1; 64]);
+    bulk(x, dev, 0x81, &seg, TransferFlags::empty());
+    assert_eq!(completions(x)[0].result, Ok(()));
+    // Zero-length OUT with ZERO_PACKET on a multiple of the packet size adds a zero-length TRB.
+    let full = [DmaSegment {
+        bus_addr: buf.bus_addr(),
+        len: 512,
+    }];
+    let before = x.stats.trbs;
+    bulk(x, dev, 0x02, &full, TransferFlags::ZERO_PACKET);
+    assert_eq!(x.stats.trbs - before, 2);
+    assert_eq!(completions(x)[0].actual, 512);
+}
