@@ -72,15 +72,15 @@ impl<B: DmaBuf> Bot<B> {
                     tag: 1,
                     cbw: alloc(64)?,
                     csw: alloc(64)?,
-                    data: dma
-                        .alloc(MAX_XFER, 4096)
-                        .map_err(|e| format!("DMA: {e}"))?,
+                    data: dma.alloc(MAX_XFER, 4096).map_err(|e| format!("DMA: {e}"))?,
                     block_size: 0,
                     blocks: 0,
                 });
             }
         }
-        Err(String::from("no bulk-only mass-storage interface enumerated"))
+        Err(String::from(
+            "no bulk-only mass-storage interface enumerated",
+        ))
     }
 
     fn bulk<H: HostController, D: DmaAlloc, C: Clock>(
@@ -193,7 +193,10 @@ impl<B: DmaBuf> Bot<B> {
             1 => Err(format!("command {:#04x} failed (CSW status 1)", cb[0])),
             s => {
                 let _ = self.reset_recovery(bus);
-                Err(format!("command {:#04x}: phase error (CSW status {s})", cb[0]))
+                Err(format!(
+                    "command {:#04x}: phase error (CSW status {s})",
+                    cb[0]
+                ))
             }
         }
     }
@@ -209,7 +212,13 @@ impl<B: DmaBuf> Bot<B> {
         self.data.read_bytes(0, &mut inq[..n.min(36)]);
         let ident: String = inq[8..36]
             .iter()
-            .map(|&c| if (0x20..0x7f).contains(&c) { c as char } else { '.' })
+            .map(|&c| {
+                if (0x20..0x7f).contains(&c) {
+                    c as char
+                } else {
+                    '.'
+                }
+            })
             .collect();
         let mut ready = false;
         for _ in 0..5 {

@@ -135,7 +135,9 @@ pub fn run<P: Platform>(platform: &P, cmd: &str) -> Result<(), String> {
         .functions()
         .iter()
         .find(|f| f.id.class == hal::PciId::CLASS_USB_XHCI)
-        .ok_or_else(|| String::from("no xHCI controller on PCI (start QEMU with -device qemu-xhci)"))?;
+        .ok_or_else(|| {
+            String::from("no xHCI controller on PCI (start QEMU with -device qemu-xhci)")
+        })?;
     let regs = platform
         .map_bar(f, 0)
         .map_err(|e| format!("mapping BAR0 of {}: {e}", f.addr))?;
@@ -177,7 +179,10 @@ pub fn run<P: Platform>(platform: &P, cmd: &str) -> Result<(), String> {
     // 4. Hubs have their children.
     for h in bus.registry.iter().filter(|d| d.hub.is_some()) {
         if !bus.registry.iter().any(|d| d.parent == Some(h.id)) {
-            return Err(format!("hub at {} has no device enumerated behind it", h.info.route));
+            return Err(format!(
+                "hub at {} has no device enumerated behind it",
+                h.info.route
+            ));
         }
         log::info!(target: "xhci", "hub at {}: devices behind it enumerated", h.info.route);
     }
@@ -205,7 +210,9 @@ fn storage_test<P: Platform>(bus: &mut TestBus<'_, P>, cmd: &str) -> Result<(), 
     let dev = bus.registry.get(bot.dev).expect("found in registry");
     let (route, speed) = (dev.info.route, dev.info.speed);
     if bus.hc.is_usb3_port(route.root_port) && route.depth == 0 && speed != Speed::Super {
-        return Err(format!("storage on USB3 port {route} is {speed:?}, not SuperSpeed"));
+        return Err(format!(
+            "storage on USB3 port {route} is {speed:?}, not SuperSpeed"
+        ));
     }
     log::info!(target: "xhci", "storage at {route}: {speed:?}");
     let ident = bot.init(bus)?;
@@ -213,7 +220,8 @@ fn storage_test<P: Platform>(bus: &mut TestBus<'_, P>, cmd: &str) -> Result<(), 
     log::info!(target: "xhci", "storage '{ident}': {} blocks of {} bytes ({} KiB)", bot.blocks,
         bot.block_size, total / 1024);
     let want_bytes = cmdline::get(cmd, "usbdom.disk_bytes").and_then(|v| v.parse::<u64>().ok());
-    let want_fnv = cmdline::get(cmd, "usbdom.disk_fnv").and_then(|v| u64::from_str_radix(v, 16).ok());
+    let want_fnv =
+        cmdline::get(cmd, "usbdom.disk_fnv").and_then(|v| u64::from_str_radix(v, 16).ok());
     if let Some(b) = want_bytes {
         if b != total {
             return Err(format!("capacity {total} bytes, image is {b}"));
@@ -250,15 +258,23 @@ fn storage_test<P: Platform>(bus: &mut TestBus<'_, P>, cmd: &str) -> Result<(), 
     let blocks = bot.max_blocks().min(bot.blocks as u16);
     let at = (bot.blocks / 2).saturating_sub(blocks as u64 / 2);
     let len = blocks as usize * bot.block_size as usize;
-    let pattern: Vec<u8> = (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ 0x5a).collect();
+    let pattern: Vec<u8> = (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ 0x5a)
+        .collect();
     bot.data.write_bytes(0, &pattern);
     bot.write(bus, at, blocks)?;
     bot.data.zero();
     bot.read(bus, at, blocks)?;
     bot.data.read_bytes(0, &mut chunk[..len]);
     if chunk[..len] != pattern[..] {
-        let first = chunk.iter().zip(&pattern).position(|(a, b)| a != b).unwrap_or(0);
-        return Err(format!("write/read-back mismatch at byte {first} of {len} (LBA {at})"));
+        let first = chunk
+            .iter()
+            .zip(&pattern)
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        return Err(format!(
+            "write/read-back mismatch at byte {first} of {len} (LBA {at})"
+        ));
     }
     log::info!(target: "xhci", "wrote and read back {len} bytes at LBA {at}: identical");
     Ok(())
@@ -290,7 +306,10 @@ fn keyboard_test<P: Platform>(
     ep: EndpointAddress,
 ) -> Result<(), String> {
     let buf = bus.dma().alloc(64, 64).map_err(|e| format!("DMA: {e}"))?;
-    let seg = [DmaSegment { bus_addr: buf.bus_addr(), len: 8 }];
+    let seg = [DmaSegment {
+        bus_addr: buf.bus_addr(),
+        len: 8,
+    }];
     let req = TransferRequest {
         device: kbd,
         endpoint: ep,
@@ -301,7 +320,10 @@ fn keyboard_test<P: Platform>(
     log::info!(target: "xhci", "XHCI-ACTION sendkey: waiting for a key press on the keyboard");
     let mut ports = Vec::new();
     for _ in 0..8 {
-        let id = bus.hc.submit(&req).map_err(|e| format!("keyboard submit: {e}"))?;
+        let id = bus
+            .hc
+            .submit(&req)
+            .map_err(|e| format!("keyboard submit: {e}"))?;
         let c = wait_completion(bus, id, 20_000, &mut ports)
             .ok_or_else(|| String::from("no keyboard report within 20 s"))?;
         c.result.map_err(|e| format!("keyboard transfer: {e}"))?;
@@ -313,7 +335,9 @@ fn keyboard_test<P: Platform>(
             return Ok(());
         }
     }
-    Err(String::from("keyboard reports arrived but none with a key pressed"))
+    Err(String::from(
+        "keyboard reports arrived but none with a key pressed",
+    ))
 }
 
 fn hotplug_test<P: Platform>(
@@ -323,7 +347,10 @@ fn hotplug_test<P: Platform>(
 ) -> Result<(), String> {
     let route = bus.registry.get(kbd).ok_or("keyboard gone")?.info.route;
     let buf = bus.dma().alloc(64, 64).map_err(|e| format!("DMA: {e}"))?;
-    let seg = [DmaSegment { bus_addr: buf.bus_addr(), len: 8 }];
+    let seg = [DmaSegment {
+        bus_addr: buf.bus_addr(),
+        len: 8,
+    }];
     let req = TransferRequest {
         device: kbd,
         endpoint: ep,
@@ -331,13 +358,20 @@ fn hotplug_test<P: Platform>(
         buffer: &seg,
         flags: TransferFlags::empty(),
     };
-    let id = bus.hc.submit(&req).map_err(|e| format!("keyboard submit: {e}"))?;
+    let id = bus
+        .hc
+        .submit(&req)
+        .map_err(|e| format!("keyboard submit: {e}"))?;
     log::info!(target: "xhci", "XHCI-ACTION unplug: interrupt transfer outstanding on {route}");
     let mut ports = Vec::new();
-    let c = wait_completion(bus, id, 30_000, &mut ports)
-        .ok_or_else(|| String::from("outstanding transfer not completed within 30 s of the unplug"))?;
+    let c = wait_completion(bus, id, 30_000, &mut ports).ok_or_else(|| {
+        String::from("outstanding transfer not completed within 30 s of the unplug")
+    })?;
     if c.result != Err(HcError::NoDevice) {
-        return Err(format!("transfer on the unplugged keyboard ended with {:?}, want no-device", c.result));
+        return Err(format!(
+            "transfer on the unplugged keyboard ended with {:?}, want no-device",
+            c.result
+        ));
     }
     log::info!(target: "xhci", "outstanding transfer failed cleanly: {}", HcError::NoDevice);
     let mut detached = false;
