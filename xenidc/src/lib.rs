@@ -11,6 +11,7 @@
 extern crate alloc;
 
 pub mod abi;
+pub mod bench;
 pub mod buffer;
 pub mod channel;
 pub mod hypervisor;

@@ -292,11 +292,15 @@ impl SharedMem for HostMem {
             dst[i] = self.byte(offset + i);
             i += 1;
         }
-        while dst.len() - i >= 4 {
-            let w = self.words[(offset + i) / 4].load(Ordering::Relaxed);
-            dst[i..i + 4].copy_from_slice(&w.to_le_bytes());
-            i += 4;
+        let whole = (dst.len() - i) / 4;
+        let first = (offset + i) / 4;
+        for (chunk, word) in dst[i..i + whole * 4]
+            .chunks_exact_mut(4)
+            .zip(self.words[first..first + whole].iter())
+        {
+            chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
         }
+        i += whole * 4;
         while i < dst.len() {
             dst[i] = self.byte(offset + i);
             i += 1;
@@ -311,11 +315,18 @@ impl SharedMem for HostMem {
             self.set_byte(offset + i, src[i]);
             i += 1;
         }
-        while src.len() - i >= 4 {
-            let w = u32::from_le_bytes([src[i], src[i + 1], src[i + 2], src[i + 3]]);
-            self.words[(offset + i) / 4].store(w, Ordering::Relaxed);
-            i += 4;
+        let whole = (src.len() - i) / 4;
+        let first = (offset + i) / 4;
+        for (chunk, word) in src[i..i + whole * 4]
+            .chunks_exact(4)
+            .zip(self.words[first..first + whole].iter())
+        {
+            word.store(
+                u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]),
+                Ordering::Relaxed,
+            );
         }
+        i += whole * 4;
         while i < src.len() {
             self.set_byte(offset + i, src[i]);
             i += 1;
