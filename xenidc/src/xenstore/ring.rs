@@ -282,6 +282,60 @@ mod tests {
         assert!(RingTransport::client(HostMem::new(2048), || {}).is_err());
     }
 
+    /// The client over a real ring page, the simulated server behind the other end, pumped from
+    /// the client's `wait` closure as an event loop would: values larger than the ring, watch
+    /// events and replies all cross the page.
+    #[test]
+    fn client_and_server_over_the_ring_page() {
+        use crate::xenstore::server::Server;
+        use crate::xenstore::{Client, TxId};
+        use core::cell::RefCell;
+
+        let page = page_with_indices(u32::MAX - 100, u32::MAX - 50);
+        let kicks = Cell::new(0u32);
+        let ring = RingTransport::client(page.clone(), || kicks.set(kicks.get() + 1)).unwrap();
+        let mut xs = Client::new(ring);
+        let server = RefCell::new(Server::new());
+        server.borrow_mut().add_domain(4);
+        let conn = server.borrow_mut().connect(4);
+        let srv_ring = RefCell::new(RingTransport::server(page.clone(), || {}).unwrap());
+        let pending = RefCell::new(Vec::new());
+        let waits = Cell::new(0u32);
+        let mut pump = || {
+            waits.set(waits.get() + 1);
+            let mut buf = [0u8; 300];
+            loop {
+                let n = srv_ring.borrow_mut().recv(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                server.borrow_mut().feed(conn, &buf[..n]).unwrap();
+            }
+            pending
+                .borrow_mut()
+                .extend(server.borrow_mut().take_output(conn));
+            let mut p = pending.borrow_mut();
+            let n = srv_ring.borrow_mut().send(&p).unwrap();
+            p.drain(..n);
+            waits.get() < 1000
+        };
+        let big: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        xs.write(TxId::NONE, "data/big", &big, &mut pump).unwrap();
+        xs.watch("data", "t", &mut pump).unwrap();
+        assert_eq!(xs.read(TxId::NONE, "data/big", &mut pump).unwrap(), big);
+        assert_eq!(
+            xs.read(TxId::NONE, "data/missing", &mut pump)
+                .unwrap_err()
+                .errno(),
+            Some(crate::xenstore::Errno::ENOENT)
+        );
+        assert_eq!(xs.next_event().unwrap().path, "data");
+        assert!(kicks.get() > 0);
+        assert!(waits.get() > 3);
+        // The indices wrapped past 2^32 on the way.
+        assert!(page.read_u32(xs_ring::REQ_PROD_OFFSET).unwrap() < 10_000);
+    }
+
     proptest! {
         /// Random interleavings of producer and consumer chunks, starting near the 2^32 wrap,
         /// deliver exactly the bytes sent, in order, in both directions.
