@@ -60,6 +60,10 @@ const CONTROL_TIMEOUT_NS: u64 = 1_000_000_000;
 /// are kept longer than that before their slots are reused.
 const RETIRE_FRAMES: u64 = 2;
 const RETIRE_CANCELLED_FRAMES: u64 = 40;
+/// Least interval between two reads of USBSTS/FRNUM by [`Uhci::service`].
+const STATUS_PERIOD_NS: u64 = 200_000;
+/// Least interval between two looks at the root ports (connect changes are slow events).
+const PORT_PERIOD_NS: u64 = 2_000_000;
 /// Largest number of TDs one transfer may use.
 const MAX_TDS_PER_TRANSFER: usize = 4096;
 /// Pool limit: 128 pages of 4 KiB = 16384 descriptor slots.
@@ -176,6 +180,12 @@ pub struct Uhci<P: Platform> {
     frame: u64,
     last_frnum: u16,
     dead: bool,
+    /// HCHALTED as last read.
+    halted: bool,
+    /// An interrupt arrived and USBSTS has not been looked at since.
+    irq_pending: bool,
+    next_status_ns: u64,
+    next_port_ns: u64,
     stats: Stats,
 }
 
@@ -285,8 +295,19 @@ impl<P: Platform> Uhci<P> {
             frame: 0,
             last_frnum: 0,
             dead: false,
+            halted: false,
+            irq_pending: false,
+            next_status_ns: 0,
+            next_port_ns: 0,
             stats: Stats::default(),
         })
+    }
+
+    /// Frames the controller has run since it started (FRNUM extended to 64 bits; §2.1.4).  One
+    /// frame is 1 ms of the controller's time, so bytes per frame measure throughput against the
+    /// bus (or an emulator's per-frame cap) independently of the CPU clock.
+    pub fn frames(&mut self) -> u64 {
+        self.frame_now()
     }
 
     /// Whether the controller stopped (host system / process error).
@@ -318,7 +339,7 @@ impl<P: Platform> Uhci<P> {
         self.frame
     }
 
-    fn halted(&self) -> bool {
+    fn read_halted(&self) -> bool {
         Sts::from_bits_retain(self.regs.read16(regs::USBSTS)).contains(Sts::HCHALTED)
     }
 
@@ -361,7 +382,7 @@ impl<P: Platform> Uhci<P> {
 
     fn reap_retired(&mut self) {
         let now = self.frame;
-        let dead = self.dead || self.halted();
+        let dead = self.dead || self.halted;
         let mut i = 0;
         while i < self.retired.len() {
             if dead || self.retired[i].0 <= now {
@@ -910,27 +931,20 @@ impl<P: Platform> Uhci<P> {
     /// active transfers (this is also the polling fallback), finish cancellations, reuse
     /// retired memory, look at the ports.
     pub fn service(&mut self) {
-        let irq = self.irq.take();
-        let sts = Sts::from_bits_retain(self.regs.read16(regs::USBSTS));
-        let ack = sts & Sts::ACK_MASK;
-        if !ack.is_empty() {
-            self.regs.write16(regs::USBSTS, ack.bits());
+        let now = self.clock.now_ns();
+        if self.irq.take() {
+            self.irq_pending = true;
         }
-        if irq {
-            if ack.is_empty() {
-                self.stats.irq_not_ours += 1;
-            } else {
-                self.stats.irq_ours += 1;
-            }
-            self.irq.unmask();
+        // Register reads are the expensive part (an I/O exit each, under QEMU one trip through its
+        // big lock that the frame timer also needs), and under PVH the "interrupt" is polled and
+        // always says "look": so USBSTS/FRNUM are read at most every STATUS_PERIOD_NS and the
+        // ports every PORT_PERIOD_NS.  Completions are found in memory, without register reads.
+        if now >= self.next_status_ns
+            || self.irq_pending && now + STATUS_PERIOD_NS / 2 >= self.next_status_ns
+        {
+            self.next_status_ns = now + STATUS_PERIOD_NS;
+            self.check_status();
         }
-        if !self.dead && sts.intersects(Sts::HSE | Sts::HCPE) {
-            warn!("uhci: controller stopped (status {:#x})", sts.bits());
-            self.dead = true;
-            self.fail_all(HcError::ControllerDead);
-            self.events.push_back(HcEvent::ControllerDead);
-        }
-        self.frame_now();
         if !self.dead {
             let active: Vec<(u8, u8)> = self
                 .devices
@@ -948,7 +962,38 @@ impl<P: Platform> Uhci<P> {
         }
         self.scan_cancelling();
         self.reap_retired();
-        self.service_ports();
+        let resetting = self.ports.iter().any(|p| p.reset != ResetPhase::Idle);
+        if now >= self.next_port_ns || resetting {
+            self.next_port_ns = now + PORT_PERIOD_NS;
+            self.service_ports();
+        }
+    }
+
+    /// Read and acknowledge USBSTS (shared INTx: an interrupt is ours only if a status bit is
+    /// set), update the frame counter, notice a dead controller.
+    fn check_status(&mut self) {
+        let sts = Sts::from_bits_retain(self.regs.read16(regs::USBSTS));
+        let ack = sts & Sts::ACK_MASK;
+        if !ack.is_empty() {
+            self.regs.write16(regs::USBSTS, ack.bits());
+        }
+        if self.irq_pending {
+            self.irq_pending = false;
+            if ack.is_empty() {
+                self.stats.irq_not_ours += 1;
+            } else {
+                self.stats.irq_ours += 1;
+            }
+            self.irq.unmask();
+        }
+        self.halted = sts.contains(Sts::HCHALTED);
+        if !self.dead && sts.intersects(Sts::HSE | Sts::HCPE) {
+            warn!("uhci: controller stopped (status {:#x})", sts.bits());
+            self.dead = true;
+            self.fail_all(HcError::ControllerDead);
+            self.events.push_back(HcEvent::ControllerDead);
+        }
+        self.frame_now();
     }
 
     fn submit_inner(
@@ -1059,7 +1104,7 @@ impl<P: Platform> Uhci<P> {
         let t0 = self.clock.now_ns();
         while self.frame_now() < target
             && !self.dead
-            && !self.halted()
+            && !self.read_halted()
             && self.clock.now_ns() - t0 < (n + 5) * 1_000_000
         {
             self.clock.delay_us(250);

@@ -723,6 +723,8 @@ fn interrupts_are_checked_against_usbsts() {
     // Another device on the shared line: USBSTS is empty, not ours, but the line is unmasked.
     let unmasks = sim.irq.unmasks.get();
     sim.irq.raise();
+    // USBSTS is read at most every 200 µs (a polled line always says "look").
+    sim.clock.advance_ns(200_000);
     assert_eq!(hc.poll(), None);
     assert_eq!(hc.stats().irq_not_ours, 1);
     assert_eq!(sim.irq.unmasks.get(), unmasks + 1);
