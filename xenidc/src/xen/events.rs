@@ -12,7 +12,7 @@ const EVTCHN_MASK: usize = 2560;
 pub const NR_PORTS: u32 = 4096;
 
 /// Access to the event bitmaps of our mapped `shared_info` page.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct EventBits {
     shared_info: NonNull<u8>,
 }
