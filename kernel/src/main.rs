@@ -62,7 +62,7 @@ pub extern "C" fn usbdom_pvh_main(start_info_pa: u64) -> ! {
         platform::pvh::dma_pool_free_pages());
     let platform = platform::pvh::PvhPlatform::new();
     if let Some(name) = cmdline::get(info.cmdline, "usbdom.selftest") {
-        selftest::run(name, &platform);
+        selftest::run(name, info.cmdline, &platform);
     }
     log::info!(target: "usbdom", "ready");
     log::info!(target: "usbdom", "no service under PVH without a self-test: shutdown (poweroff)");
@@ -86,6 +86,10 @@ pub extern "C" fn usbdom_xen_pv_main(start_info: *const u8) -> ! {
     banner(Kind::XenPv);
     log::info!(target: "usbdom", "{si_info}");
     log::info!(target: "usbdom", "cmdline '{}'", si.cmdline());
+    let cmdline: &'static str = alloc::string::String::from(si.cmdline()).leak();
+    if let Some(name) = cmdline::get(cmdline, "usbdom.selftest") {
+        selftest::run_core(name, cmdline);
+    }
     log::warn!(target: "usbdom", "Xen platform (pcifront, BARs, interrupts) not built yet");
     log::info!(target: "usbdom", "shutdown (poweroff)");
     exit::exit(exit::Exit::Poweroff)

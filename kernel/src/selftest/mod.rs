@@ -4,8 +4,9 @@
 //! A panic during a self-test also prints the FAIL line (see `crate::panic`).
 //!
 //! ## Adding a self-test
-//! Add `mod mytest;` and one `"mytest" => mytest::run(platform),` line to [`dispatch`]; `run`
-//! has the signature `fn run<P: Platform>(platform: &P) -> Result<(), String>`.
+//! Add `pub mod mytest;` and one `"mytest" => mytest::run(platform),` line to [`dispatch`]; `run`
+//! has the signature `fn run<P: Platform>(platform: &P) -> Result<(), String>`. Tests of the kernel
+//! core alone (no platform) go in `dispatch_core` (`unit`, `pvmm`).
 //!
 //! ## What a self-test gets: [`crate::platform::Platform`]
 //! * `platform.functions()` — every PCI function (`PciFunction { addr, id, config, bars, .. }`);
@@ -19,7 +20,11 @@
 //! The same code runs on the Xen platform, so a test written against the trait also runs as a PV
 //! domU (exit is then a domain shutdown: poweroff for pass, crash for fail).
 
+pub mod bot;
 pub mod probe;
+pub mod pvmm;
+pub mod unit;
+pub mod xhci;
 
 use alloc::format;
 use alloc::string::String;
@@ -42,19 +47,54 @@ pub fn current() -> Option<&'static str> {
     core::str::from_utf8(bytes).ok()
 }
 
-fn dispatch<P: Platform>(name: &str, platform: &P) -> Result<(), String> {
+/// Self-tests that need no platform (kernel core only). `None`: not one of them.
+fn dispatch_core(name: &str, cmdline: &str) -> Option<Result<(), String>> {
+    Some(match name {
+        "unit" => unit::run().and_then(|()| {
+            if crate::exit::kind() == Some(crate::platform::Kind::Pvh) {
+                unit::pvh_dma()
+            } else {
+                Ok(())
+            }
+        }),
+        "pvmm" => pvmm::run(cmdline),
+        _ => return None,
+    })
+}
+
+fn dispatch<P: Platform>(name: &str, cmdline: &str, platform: &P) -> Result<(), String> {
+    if let Some(r) = dispatch_core(name, cmdline) {
+        return r;
+    }
     match name {
         "probe" => probe::run(platform),
-        _ => Err(format!("unknown self-test '{name}' (known: probe)")),
+        "xhci" => xhci::run(platform, cmdline),
+        _ => Err(format!("unknown self-test '{name}'")),
     }
 }
 
-/// Run self-test `name` and exit with its verdict.
-pub fn run<P: Platform>(name: &'static str, platform: &P) -> ! {
+fn start(name: &'static str) {
     CURRENT_LEN.store(name.len(), Ordering::SeqCst);
     CURRENT.store(name.as_ptr() as *mut u8, Ordering::SeqCst);
-    log::info!(target: "selftest", "running self-test {name} on {}", platform.kind().name());
-    let result = dispatch(name, platform);
+    let kind = crate::exit::kind().map(|k| k.name()).unwrap_or("?");
+    log::info!(target: "selftest", "running self-test {name} on {kind}");
+}
+
+/// Run self-test `name` (from `cmdline`) and exit with its verdict.
+pub fn run<P: Platform>(name: &'static str, cmdline: &str, platform: &P) -> ! {
+    start(name);
+    finish(name, dispatch(name, cmdline, platform))
+}
+
+/// Run a self-test that needs no platform (used on Xen before the Xen platform is up).
+pub fn run_core(name: &'static str, cmdline: &str) -> ! {
+    start(name);
+    let r = dispatch_core(name, cmdline)
+        .unwrap_or_else(|| Err(format!("self-test '{name}' needs a platform, none is available here")));
+    finish(name, r)
+}
+
+fn finish(name: &str, result: Result<(), String>) -> ! {
     match result {
         Ok(()) => {
             log::info!(target: "selftest", "SELFTEST PASS {name}");
