@@ -122,6 +122,18 @@ impl Monitor {
     }
 }
 
+/// The output part of an HMP reply: without the echoed command line (with its terminal control
+/// sequences) and the trailing prompt, lines joined with " | ".
+pub fn clean_reply(reply: &str) -> String {
+    let body = reply.split_once('\n').map(|(_, b)| b).unwrap_or("");
+    body.trim_end_matches("(qemu) ")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
 enum Msg {
     Line(Instant, String),
     Eof,
@@ -221,10 +233,7 @@ pub fn run(mut spec: Spec) -> Result<Outcome, String> {
                     };
                     let t = util::secs(t0);
                     let msg = match res {
-                        Ok(reply) => {
-                            let reply = reply.replace("(qemu) ", "").replace(['\r', '\n'], " ");
-                            format!("xtask: monitor <- `{send}`: {}", reply.trim())
-                        }
+                        Ok(reply) => format!("xtask: monitor <- `{send}`: {}", clean_reply(&reply)),
                         Err(e) => format!("xtask: monitor <- `{send}` FAILED: {e}"),
                     };
                     record(&mut lines, &mut log, t, msg);
@@ -278,4 +287,16 @@ pub fn run(mut spec: Spec) -> Result<Outcome, String> {
         secs: util::secs(t0),
         cmdline,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monitor_reply_without_echo_and_prompt() {
+        let r = "i\x1b[K\x1b[Dinfo usb\x1b[K\r\n  Device 0.1, Port 1\r\n  Device 0.2, Port 2\r\n(qemu) ";
+        assert_eq!(clean_reply(r), "Device 0.1, Port 1 | Device 0.2, Port 2");
+        assert_eq!(clean_reply("sendkey a\r\n(qemu) "), "");
+    }
 }

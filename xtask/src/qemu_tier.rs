@@ -85,6 +85,30 @@ pub const SCENARIOS: &[Scenario] = &[
         actions: &[],
         timeout_s: 120,
     },
+    // UHCI (issue 5): enumeration, whole-image checksum (4 MiB: QEMU's UHCI moves at most 1280
+    // bytes per 1 ms frame), write/read-back, keyboard reports, hot-unplug and re-plug.  Explicit
+    // ports keep QEMU from inserting its automatic hub, so the root-port hotplug path is tested.
+    Scenario {
+        name: "uhci",
+        devices: &[
+            ("-device", "piix3-usb-uhci,id=usbc"),
+            STICK,
+            ("-device", "usb-storage,bus=usbc.0,port=1,drive=stick"),
+            ("-device", "usb-kbd,bus=usbc.0,port=2,id=kbd"),
+        ],
+        cmdline: "usbdom.selftest=uhci",
+        disk_mib: 4,
+        actions: &[
+            ("uhci: keyboard ready", "sendkey a"),
+            ("uhci: keyboard ready", "sendkey b"),
+            ("uhci: unplug keyboard", "device_del kbd"),
+            (
+                "uhci: plug keyboard",
+                "device_add usb-kbd,bus=usbc.0,port=2,id=kbd2",
+            ),
+        ],
+        timeout_s: 180,
+    },
 ];
 
 /// The self-test name in a command line (`usbdom.selftest=<name>`).
