@@ -56,8 +56,20 @@ fn fail(msg: &str) -> ! {
     exit::exit(Exit::Crash)
 }
 
-/// Run the Xen PV driver domain. `selftest` is the `usbdom.selftest=` value, if any.
+/// Run the Xen PV driver domain: [`platform`], then the self-test `selftest` if one was asked for
+/// (`usbdom.selftest=<name>`), else [`serve`].
 pub fn run(si: &StartInfo, selftest: Option<&'static str>) -> ! {
+    let platform = platform(si);
+    if let Some(name) = selftest {
+        crate::selftest::run(name, &platform);
+    }
+    serve(&platform)
+}
+
+/// Bring up the Xen side up to a usable [`XenPlatform`]: hypervisor services, xenstore (logs
+/// `xenstore: domid N name X`), pcifront (logs `pcifront: connected`), and the scan of the
+/// passed-through buses. Any failure logs one `error:` line and shuts the domain down.
+pub fn platform(si: &StartInfo) -> XenPlatform {
     let store_port = Port(si.store_evtchn);
     let hv = env::setup(si.store_mfn, store_port)
         .unwrap_or_else(|e| fail(&format!("setting up Xen services failed: {e}")));
@@ -82,7 +94,6 @@ pub fn run(si: &StartInfo, selftest: Option<&'static str>) -> ! {
     // pcifront.
     let front = match Pcifront::connect(FrontHost::new(ctx.clone())) {
         Ok(f) => f,
-        Err(PcifrontError::NoDevice) => fail(&format!("{}", PcifrontError::NoDevice)),
         Err(e) => fail(&format!("{e}")),
     };
     let roots: alloc::vec::Vec<String> = front
@@ -99,14 +110,15 @@ pub fn run(si: &StartInfo, selftest: Option<&'static str>) -> ! {
         ))
     });
     if found.is_empty() {
-        fail("no PCI device passed through: add pci=['BDF'] to the domain config");
+        fail(&format!("{}", PcifrontError::NoDevice));
     }
-    let platform = XenPlatform::new(ctx.clone(), front.clone(), &found);
+    XenPlatform::new(ctx, front, &found)
+}
 
-    if let Some(name) = selftest {
-        crate::selftest::run(name, &platform);
-    }
-
+/// The driver-domain service on Xen: log every passed-through function, refuse the ones that are
+/// not UHCI/xHCI controllers, bring up each controller (BAR, interrupt), print `usbdom: ready`,
+/// then serve until `xl shutdown`.
+pub fn serve(platform: &XenPlatform) -> ! {
     let mut hosts = 0;
     for f in platform.functions() {
         log_function(f);
@@ -121,7 +133,7 @@ pub fn run(si: &StartInfo, selftest: Option<&'static str>) -> ! {
             continue;
         }
         hosts += 1;
-        if let Err(e) = bring_up(&platform, f) {
+        if let Err(e) = bring_up(platform, f) {
             fail(&e);
         }
     }
@@ -130,7 +142,7 @@ pub fn run(si: &StartInfo, selftest: Option<&'static str>) -> ! {
     }
 
     log::info!(target: "usbdom", "ready");
-    service(&ctx)
+    service(platform.ctx())
 }
 
 /// Map the controller's registers, log them, bind its interrupt and (xHCI) receive one.

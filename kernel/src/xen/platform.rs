@@ -79,6 +79,10 @@ impl XenPlatform {
         }
     }
 
+    pub fn ctx(&self) -> &Rc<RefCell<Ctx>> {
+        &self.ctx
+    }
+
     fn bind_pirq(
         &self,
         f: &PciFunction<FrontConfig>,
