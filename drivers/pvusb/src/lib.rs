@@ -1,2 +1,945 @@
-//! (placeholder: being written)
+//! The PVUSB backend of usbdom: exports the USB devices of one host controller to Linux `xen-hcd`
+//! frontends over Xen's PV USB protocol (`io/usbif.h`; facts in
+//! `../shared/reference/pvusb-protocol.md`).
+//!
+//! [`Backend`] is generic over the [`Hypervisor`] (real Xen or the simulated one of the host tests)
+//! and over the xenstore [`Transport`]; its methods that touch the controller take any
+//! [`HostController`] (xHCI, UHCI, or a fake). It contains no raw ring or grant code: it uses
+//! xenidc's [`Connection`] (urb ring + data-buffer mapper) and, for the conn ring that shares the
+//! urb ring's event channel, the thin adapter in [`shared_ring`].
+//!
+//! # What the owner (the kernel's event loop) does
+//! - [`Backend::start`] once;
+//! - when the xenstore port fires: [`Backend::process_xenstore`];
+//! - when any other port fires: [`Backend::process_rings`] (all connected frontends are served;
+//!   there are few);
+//! - for each controller event: a [`HcEvent::Transfer`](usb_core::hc::HcEvent) goes to
+//!   [`Backend::complete`]; devices the USB core enumerated or removed go to
+//!   [`Backend::device_attached`] / [`Backend::device_detached`].
+//!
+//! # Xenbus lifecycle (pvusb-protocol.md §1.12, §1.13)
+//! The backend watches `backend/vusb` under its own home. For each `<feid>/<devid>` directory it
+//! reads and validates `num-ports` (1–31) and `usb-ver` (1|2), watches the frontend's `state` and
+//! goes to InitWait. It connects when the frontend is Initialised *or* Connected (xen-hcd goes
+//! straight to Connected): maps `urb-ring-ref` and `conn-ring-ref`, binds `event-channel`, goes
+//! to Connected and announces the devices assigned to its ports. Frontend Closing/Closed (or the
+//! frontend vanishing: domain death) disconnects it: transfers in flight are cancelled and every
+//! mapping released once the controller reported them; the backend goes Closed and, when the
+//! frontend comes back to Initialising, InitWait again. A toolstack close (`online` = 0, backend
+//! `state` = Closing) ends in Closed and the removal of the backend's own directory, which libxl
+//! waits for. A frontend that breaks the ring protocol is disconnected alone (Closing).
+//!
+//! # Port assignment
+//! `port/N` holds a physical port path ([`PortPath`], e.g. `1-3` or `1-3.2`); writing it attaches
+//! that physical device to virtual port N, clearing it detaches it. A device is exported on at most
+//! one frontend port: a second claim is refused (logged) until the first is cleared. Physical
+//! devices are published under `data/usbdom/devices/<node>/{path,vid-pid,speed,product,assigned}`
+//! of usbdom's home for the dom0 tool.
+
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod link;
+pub mod path;
+pub mod ratelimit;
+pub mod shared_ring;
+pub mod superspeed;
+pub mod urb;
+
+#[cfg(test)]
+mod tests;
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+
+use usb_core::descriptor::Configuration;
+use usb_core::hc::{Completion, DeviceId, HostController, Speed, TransferId};
+use usb_core::registry::UsbDevice;
+use xenidc::abi::usbif::{UsbifSpeed, MAX_PORTNR, MAX_SEGMENTS_PER_REQUEST};
+use xenidc::abi::{DomId, GrantRef, Port};
+use xenidc::channel::Connection;
+use xenidc::hypervisor::Hypervisor;
+use xenidc::xenstore::{Client, Transport, TxId};
+
+pub use link::{LinkStats, VPort};
+pub use path::PortPath;
+
+use link::{Env, Link};
+use ratelimit::RateLimit;
+use shared_ring::SharedPortRing;
+
+/// Xenbus device states (`io/xenbus.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct XenbusState(pub u32);
+
+impl XenbusState {
+    pub const UNKNOWN: XenbusState = XenbusState(0);
+    pub const INITIALISING: XenbusState = XenbusState(1);
+    pub const INIT_WAIT: XenbusState = XenbusState(2);
+    pub const INITIALISED: XenbusState = XenbusState(3);
+    pub const CONNECTED: XenbusState = XenbusState(4);
+    pub const CLOSING: XenbusState = XenbusState(5);
+    pub const CLOSED: XenbusState = XenbusState(6);
+}
+
+/// Backend configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// This controller's number in port paths (`<controller>-<port>`), from 1.
+    pub controller: u8,
+    /// Move data by grant-mapping the frontend's pages for DMA (true) or by grant copy through
+    /// bounce pages reserved per connection (false).
+    pub zero_copy: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            controller: 1,
+            zero_copy: true,
+        }
+    }
+}
+
+/// A physical device the backend can export.
+#[derive(Debug, Clone)]
+pub struct PhysDevice {
+    pub path: PortPath,
+    /// The controller's handle.
+    pub device: DeviceId,
+    pub speed: Speed,
+    pub vendor: u16,
+    pub product_id: u16,
+    pub product: Option<String>,
+    /// The active configuration as the USB core read it (the one the guest can select).
+    pub config: Option<Configuration>,
+}
+
+impl PhysDevice {
+    /// From the USB core's registry entry.
+    pub fn from_usb_device(controller: u8, d: &UsbDevice) -> Self {
+        PhysDevice {
+            path: PortPath::new(controller, d.route()),
+            device: d.id,
+            speed: d.info.speed,
+            vendor: d.descriptor.vendor,
+            product_id: d.descriptor.product,
+            product: d.product.clone(),
+            config: d.config.clone(),
+        }
+    }
+}
+
+/// Errors of the backend (its own xenstore connection failing; peer errors never surface here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendError {
+    Xenstore(xenidc::xenstore::Error),
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendError::Xenstore(e) => write!(f, "xenstore: {e}"),
+        }
+    }
+}
+
+impl From<xenidc::xenstore::Error> for BackendError {
+    fn from(e: xenidc::xenstore::Error) -> Self {
+        BackendError::Xenstore(e)
+    }
+}
+
+type Key = (u16, u32);
+
+const WATCH_TOKEN: &str = "vusb";
+const DEVICES_DIR: &str = "data/usbdom/devices";
+/// Requests taken off one ring per call before the others get their turn.
+const RING_BUDGET: usize = 64;
+
+/// One virtual controller (`backend/vusb/<feid>/<devid>`).
+struct Vusb<H: Hypervisor> {
+    be: String,
+    fe: String,
+    token: String,
+    num_ports: u8,
+    state: XenbusState,
+    ports: Vec<VPort>,
+    link: Option<Link<H>>,
+}
+
+/// What the backend knows about one frontend device (for tests and status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontendInfo {
+    pub frontend: u16,
+    pub devid: u32,
+    pub state: XenbusState,
+    pub num_ports: u8,
+    pub connected: bool,
+    pub in_flight: usize,
+    pub assigned: Vec<(u8, PortPath)>,
+}
+
+/// Counters of the backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub connects: u64,
+    pub disconnects: u64,
+    pub protocol_failures: u64,
+    pub links: LinkStats,
+}
+
+/// The PVUSB backend. See the [crate documentation](crate).
+pub struct Backend<H: Hypervisor, T: Transport> {
+    hv: H,
+    xs: Client<T>,
+    wait: Box<dyn FnMut() -> bool>,
+    cfg: Config,
+    devices: BTreeMap<PortPath, PhysDevice>,
+    claims: BTreeMap<PortPath, (Key, u8)>,
+    vusbs: BTreeMap<Key, Vusb<H>>,
+    /// Links torn down while the controller still had their transfers.
+    zombies: BTreeMap<u64, Link<H>>,
+    owners: BTreeMap<TransferId, u64>,
+    next_gen: u64,
+    limit: RateLimit,
+    stats: Stats,
+}
+
+fn parse_dec(s: &str) -> Option<u32> {
+    if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn speed_name(s: Speed) -> &'static str {
+    match s {
+        Speed::Low => "low",
+        Speed::Full => "full",
+        Speed::High => "high",
+        Speed::Super => "super",
+    }
+}
+
+impl<H: Hypervisor, T: Transport> Backend<H, T> {
+    /// A backend over hypervisor `hv` and xenstore client `xs`. `wait` is called while a xenstore
+    /// reply is outstanding (block on the xenstore port; return false to give up).
+    pub fn new(hv: H, xs: Client<T>, wait: Box<dyn FnMut() -> bool>, cfg: Config) -> Self {
+        Backend {
+            hv,
+            xs,
+            wait,
+            cfg,
+            devices: BTreeMap::new(),
+            claims: BTreeMap::new(),
+            vusbs: BTreeMap::new(),
+            zombies: BTreeMap::new(),
+            owners: BTreeMap::new(),
+            next_gen: 1,
+            limit: RateLimit::new(20, 1_000_000_000),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn hv(&self) -> &H {
+        &self.hv
+    }
+    pub fn hv_mut(&mut self) -> &mut H {
+        &mut self.hv
+    }
+    pub fn xenstore(&mut self) -> &mut Client<T> {
+        &mut self.xs
+    }
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats;
+        for v in self.vusbs.values() {
+            if let Some(l) = &v.link {
+                add(&mut s.links, &l.stats);
+            }
+        }
+        s
+    }
+    /// Links being torn down that wait for the controller to report cancelled transfers.
+    pub fn draining(&self) -> usize {
+        self.zombies.len()
+    }
+    /// The physical devices known.
+    pub fn devices(&self) -> impl Iterator<Item = &PhysDevice> {
+        self.devices.values()
+    }
+
+    /// The frontends known.
+    pub fn frontends(&self) -> Vec<FrontendInfo> {
+        self.vusbs
+            .iter()
+            .map(|(k, v)| FrontendInfo {
+                frontend: k.0,
+                devid: k.1,
+                state: v.state,
+                num_ports: v.num_ports,
+                connected: v.link.is_some(),
+                in_flight: v.link.as_ref().map_or(0, |l| l.in_flight()),
+                assigned: v
+                    .ports
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, p)| p.assigned.map(|a| (i as u8 + 1, a)))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    // --- xenstore helpers ----------------------------------------------------------------------
+
+    fn xs_read(&mut self, path: &str) -> Result<Option<String>, BackendError> {
+        match self.xs.read_string(TxId::NONE, path, &mut self.wait) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.is_enoent() => Ok(None),
+            Err(xenidc::xenstore::Error::Remote { .. }) => Ok(None),
+            Err(xenidc::xenstore::Error::BadReply { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn xs_write(&mut self, path: &str, value: &str) -> Result<(), BackendError> {
+        match self
+            .xs
+            .write(TxId::NONE, path, value.as_bytes(), &mut self.wait)
+        {
+            Ok(()) => Ok(()),
+            Err(e @ xenidc::xenstore::Error::Remote { .. }) => {
+                log::warn!("pvusb: writing {path}: {e}");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn xs_rm(&mut self, path: &str) -> Result<(), BackendError> {
+        match self.xs.rm(TxId::NONE, path, &mut self.wait) {
+            Ok(()) => Ok(()),
+            Err(xenidc::xenstore::Error::Remote { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn set_state(&mut self, key: Key, s: XenbusState) -> Result<(), BackendError> {
+        let Some(v) = self.vusbs.get_mut(&key) else {
+            return Ok(());
+        };
+        if v.state == s {
+            return Ok(());
+        }
+        v.state = s;
+        let path = format!("{}/state", v.be);
+        log::info!("pvusb: vusb {}/{}: state {}", key.0, key.1, s.0);
+        self.xs_write(&path, &s.0.to_string())
+    }
+
+    // --- start and xenstore events ---------------------------------------------------------------
+
+    /// Watch `backend/vusb` and publish the device list directory.
+    pub fn start(&mut self) -> Result<(), BackendError> {
+        self.xs_rm(DEVICES_DIR)?;
+        self.xs.mkdir(TxId::NONE, DEVICES_DIR, &mut self.wait)?;
+        self.xs.watch("backend/vusb", WATCH_TOKEN, &mut self.wait)?;
+        Ok(())
+    }
+
+    /// Handle xenstore traffic: watch events lead to re-reading the devices concerned.
+    pub fn process_xenstore<C: HostController>(&mut self, hc: &mut C) -> Result<(), BackendError> {
+        self.xs.poll()?;
+        let mut keys: Vec<Key> = Vec::new();
+        let mut rescan = self.xs.take_events_lost() > 0;
+        while let Some(ev) = self.xs.next_event() {
+            if ev.token == WATCH_TOKEN {
+                let rest = ev
+                    .path
+                    .strip_prefix("backend/vusb")
+                    .or_else(|| ev.path.split_once("/backend/vusb").map(|(_, r)| r))
+                    .unwrap_or("");
+                let mut it = rest.trim_start_matches('/').split('/');
+                match (it.next().and_then(parse_dec), it.next().and_then(parse_dec)) {
+                    (Some(fe), Some(dev)) if fe <= u16::MAX as u32 => keys.push((fe as u16, dev)),
+                    _ => rescan = true,
+                }
+            } else if let Some(k) = self
+                .vusbs
+                .iter()
+                .find(|(_, v)| v.token == ev.token)
+                .map(|(k, _)| *k)
+            {
+                keys.push(k);
+            }
+        }
+        if rescan {
+            keys.extend(self.scan_keys()?);
+            keys.extend(self.vusbs.keys().copied());
+        }
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            self.refresh(hc, k)?;
+        }
+        Ok(())
+    }
+
+    fn scan_keys(&mut self) -> Result<Vec<Key>, BackendError> {
+        let mut out = Vec::new();
+        let fes = match self
+            .xs
+            .directory(TxId::NONE, "backend/vusb", &mut self.wait)
+        {
+            Ok(v) => v,
+            Err(e) if e.errno().is_some() => return Ok(out),
+            Err(e) => return Err(e.into()),
+        };
+        for fe in fes {
+            let Some(feid) = parse_dec(&fe).filter(|&f| f <= u16::MAX as u32) else {
+                continue;
+            };
+            let path = format!("backend/vusb/{fe}");
+            let devs = match self.xs.directory(TxId::NONE, &path, &mut self.wait) {
+                Ok(v) => v,
+                Err(e) if e.errno().is_some() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for d in devs {
+                if let Some(devid) = parse_dec(&d) {
+                    out.push((feid as u16, devid));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Re-read everything about `key` and act on it.
+    fn refresh<C: HostController>(&mut self, hc: &mut C, key: Key) -> Result<(), BackendError> {
+        let be = format!("backend/vusb/{}/{}", key.0, key.1);
+        let frontend = self.xs_read(&format!("{be}/frontend"))?;
+        let Some(frontend) = frontend else {
+            // The directory is gone (toolstack removed it, or we did).
+            if self.vusbs.contains_key(&key) {
+                self.remove(hc, key)?;
+            }
+            return Ok(());
+        };
+        if !self.vusbs.contains_key(&key) && !self.create(key, &be, &frontend)? {
+            return Ok(());
+        }
+        let fe = self.vusbs[&key].fe.clone();
+        let online = self.xs_read(&format!("{be}/online"))?;
+        let be_state = self
+            .xs_read(&format!("{be}/state"))?
+            .and_then(|s| parse_dec(&s))
+            .map(XenbusState);
+        let fe_state = self
+            .xs_read(&format!("{fe}/state"))?
+            .and_then(|s| parse_dec(&s))
+            .map(XenbusState);
+        let ours = self.vusbs[&key].state;
+        let toolstack_close = be_state == Some(XenbusState::CLOSING)
+            && ours != XenbusState::CLOSING
+            && ours != XenbusState::CLOSED;
+        if toolstack_close || online.as_deref() == Some("0") {
+            self.disconnect(hc, key);
+            self.vusbs.get_mut(&key).unwrap().state = XenbusState::CLOSING;
+            self.set_state(key, XenbusState::CLOSED)?;
+        } else {
+            match fe_state {
+                None
+                | Some(XenbusState::CLOSED)
+                | Some(XenbusState::CLOSING)
+                | Some(XenbusState::UNKNOWN) => {
+                    if ours == XenbusState::CONNECTED || self.vusbs[&key].link.is_some() {
+                        self.disconnect(hc, key);
+                        self.set_state(key, XenbusState::CLOSING)?;
+                    }
+                    if ours != XenbusState::INIT_WAIT || fe_state.is_some() {
+                        self.set_state(key, XenbusState::CLOSED)?;
+                    }
+                }
+                Some(XenbusState::INITIALISING) => {
+                    if ours == XenbusState::CLOSED || ours == XenbusState::CLOSING {
+                        // The frontend starts over (reconnect).
+                        self.set_state(key, XenbusState::INIT_WAIT)?;
+                    }
+                }
+                Some(XenbusState::INITIALISED) | Some(XenbusState::CONNECTED) => {
+                    if ours == XenbusState::INIT_WAIT && self.vusbs[&key].link.is_none() {
+                        self.connect(hc, key)?;
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        if self
+            .vusbs
+            .get(&key)
+            .is_some_and(|v| v.state == XenbusState::CLOSED)
+            && online.as_deref() != Some("1")
+        {
+            // Toolstack teardown: libxl waits for the backend directory to disappear.
+            self.remove(hc, key)?;
+            self.xs_rm(&be)?;
+            return Ok(());
+        }
+        self.refresh_ports(hc, key)
+    }
+
+    /// A new `backend/vusb/<feid>/<devid>`: validate it and go to InitWait.
+    fn create(&mut self, key: Key, be: &str, frontend: &str) -> Result<bool, BackendError> {
+        let expect = format!("/local/domain/{}/device/vusb/{}", key.0, key.1);
+        let num_ports = self
+            .xs_read(&format!("{be}/num-ports"))?
+            .and_then(|s| parse_dec(&s));
+        let usb_ver = self
+            .xs_read(&format!("{be}/usb-ver"))?
+            .and_then(|s| parse_dec(&s));
+        let valid = frontend == expect
+            && matches!(num_ports, Some(n) if (1..=MAX_PORTNR).contains(&n))
+            && matches!(usb_ver, Some(1 | 2));
+        if !valid {
+            if self.limit.allow(self.hv.now_ns()).is_some() {
+                log::warn!(
+                    "pvusb: {be}: invalid (frontend {frontend:?}, num-ports {num_ports:?}, usb-ver {usb_ver:?}); not served"
+                );
+            }
+            let _ = self.xs_write(&format!("{be}/state"), "6");
+            return Ok(false);
+        }
+        let num_ports = num_ports.unwrap() as u8;
+        let token = format!("fe/{}/{}", key.0, key.1);
+        self.xs
+            .watch(&format!("{expect}/state"), &token, &mut self.wait)?;
+        self.vusbs.insert(
+            key,
+            Vusb {
+                be: be.to_string(),
+                fe: expect,
+                token,
+                num_ports,
+                state: XenbusState::INITIALISING,
+                ports: (0..num_ports).map(|_| VPort::default()).collect(),
+                link: None,
+            },
+        );
+        log::info!(
+            "pvusb: vusb {}/{}: {num_ports} ports, usb-ver {}",
+            key.0,
+            key.1,
+            usb_ver.unwrap()
+        );
+        self.set_state(key, XenbusState::INIT_WAIT)?;
+        Ok(true)
+    }
+
+    fn connect<C: HostController>(&mut self, hc: &mut C, key: Key) -> Result<(), BackendError> {
+        let fe = self.vusbs[&key].fe.clone();
+        let urb_ref = self
+            .xs_read(&format!("{fe}/urb-ring-ref"))?
+            .and_then(|s| parse_dec(&s));
+        let conn_ref = self
+            .xs_read(&format!("{fe}/conn-ring-ref"))?
+            .and_then(|s| parse_dec(&s));
+        let evtchn = self
+            .xs_read(&format!("{fe}/event-channel"))?
+            .and_then(|s| parse_dec(&s));
+        let (Some(urb_ref), Some(conn_ref), Some(evtchn)) = (urb_ref, conn_ref, evtchn) else {
+            if self.limit.allow(self.hv.now_ns()).is_some() {
+                log::warn!(
+                    "pvusb: vusb {}/{}: ring references missing or malformed",
+                    key.0,
+                    key.1
+                );
+            }
+            return self.set_state(key, XenbusState::CLOSING);
+        };
+        let peer = DomId(key.0);
+        let bounce = if self.cfg.zero_copy {
+            0
+        } else {
+            MAX_SEGMENTS_PER_REQUEST
+        };
+        let urb = match Connection::connect(
+            &mut self.hv,
+            peer,
+            GrantRef(urb_ref),
+            Port(evtchn),
+            MAX_SEGMENTS_PER_REQUEST,
+            bounce,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                if self.limit.allow(self.hv.now_ns()).is_some() {
+                    log::warn!("pvusb: vusb {}/{}: urb ring: {e}", key.0, key.1);
+                }
+                return self.set_state(key, XenbusState::CLOSING);
+            }
+        };
+        let conn = match SharedPortRing::connect(&mut self.hv, peer, GrantRef(conn_ref)) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = urb.teardown(&mut self.hv);
+                if self.limit.allow(self.hv.now_ns()).is_some() {
+                    log::warn!("pvusb: vusb {}/{}: conn ring: {e}", key.0, key.1);
+                }
+                return self.set_state(key, XenbusState::CLOSING);
+            }
+        };
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        let v = self.vusbs.get_mut(&key).unwrap();
+        let mut link = Link::new(gen, peer, v.num_ports, urb, conn);
+        for p in v.ports.iter_mut() {
+            p.last_queued = 0;
+            p.reset_guest_state();
+        }
+        for i in 0..v.ports.len() {
+            if let Some(path) = v.ports[i].assigned {
+                if let Some(d) = self.devices.get(&path) {
+                    link.queue_conn(&mut v.ports, i as u8 + 1, link::usbif_speed(d.speed));
+                }
+            }
+        }
+        v.link = Some(link);
+        self.stats.connects += 1;
+        log::info!("pvusb: vusb {}/{}: connected", key.0, key.1);
+        self.set_state(key, XenbusState::CONNECTED)?;
+        self.refresh_ports(hc, key)?;
+        self.service(hc, key);
+        Ok(())
+    }
+
+    /// Drop the connection of `key` (if any). Transfers in flight are cancelled; the link is
+    /// torn down now or, if the controller still has transfers of it, once it reported them.
+    fn disconnect<C: HostController>(&mut self, hc: &mut C, key: Key) {
+        let Some(v) = self.vusbs.get_mut(&key) else {
+            return;
+        };
+        let Some(mut link) = v.link.take() else {
+            return;
+        };
+        for p in v.ports.iter_mut() {
+            p.last_queued = 0;
+            p.reset_guest_state();
+        }
+        self.stats.disconnects += 1;
+        add(&mut self.stats.links, &link.stats);
+        let outstanding = link.abort(hc);
+        log::info!(
+            "pvusb: vusb {}/{}: disconnected ({outstanding} transfers to drain)",
+            key.0,
+            key.1
+        );
+        if outstanding == 0 {
+            link.teardown(&mut self.hv);
+        } else {
+            self.zombies.insert(link.gen, link);
+        }
+    }
+
+    /// Forget `key` entirely (its directory is gone).
+    fn remove<C: HostController>(&mut self, hc: &mut C, key: Key) -> Result<(), BackendError> {
+        self.disconnect(hc, key);
+        let Some(v) = self.vusbs.remove(&key) else {
+            return Ok(());
+        };
+        for (i, p) in v.ports.iter().enumerate() {
+            if let Some(path) = p.assigned {
+                if self.claims.get(&path) == Some(&(key, i as u8 + 1)) {
+                    self.claims.remove(&path);
+                    self.publish_assigned(path)?;
+                }
+            }
+        }
+        let _ = self
+            .xs
+            .unwatch(&format!("{}/state", v.fe), &v.token, &mut self.wait);
+        log::info!("pvusb: vusb {}/{}: removed", key.0, key.1);
+        Ok(())
+    }
+
+    /// Apply `port/N` of `key`.
+    fn refresh_ports<C: HostController>(
+        &mut self,
+        hc: &mut C,
+        key: Key,
+    ) -> Result<(), BackendError> {
+        let Some(v) = self.vusbs.get(&key) else {
+            return Ok(());
+        };
+        let be = v.be.clone();
+        let n = v.num_ports;
+        for port in 1..=n {
+            let raw = self.xs_read(&format!("{be}/port/{port}"))?;
+            let want = match raw.as_deref() {
+                None | Some("") => None,
+                Some(s) => match PortPath::parse(s) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        if self.limit.allow(self.hv.now_ns()).is_some() {
+                            log::warn!("pvusb: {be}/port/{port} = {s:?}: {e}");
+                        }
+                        None
+                    }
+                },
+            };
+            let current = self.vusbs[&key].ports[port as usize - 1].assigned;
+            if want == current {
+                continue;
+            }
+            if let Some(old) = current {
+                self.unassign(hc, key, port, old)?;
+            }
+            if let Some(new) = want {
+                if let Some((other, op)) = self.claims.get(&new) {
+                    if self.limit.allow(self.hv.now_ns()).is_some() {
+                        log::warn!(
+                            "pvusb: {be}/port/{port}: {new} is already exported to {}/{} port {op}",
+                            other.0,
+                            other.1
+                        );
+                    }
+                    continue;
+                }
+                self.claims.insert(new, (key, port));
+                let v = self.vusbs.get_mut(&key).unwrap();
+                v.ports[port as usize - 1].assigned = Some(new);
+                v.ports[port as usize - 1].reset_guest_state();
+                if let (Some(link), Some(d)) = (v.link.as_mut(), self.devices.get(&new)) {
+                    link.queue_conn(&mut v.ports, port, link::usbif_speed(d.speed));
+                }
+                log::info!("pvusb: vusb {}/{} port {port}: {new}", key.0, key.1);
+                self.publish_assigned(new)?;
+            }
+        }
+        self.service(hc, key);
+        Ok(())
+    }
+
+    fn unassign<C: HostController>(
+        &mut self,
+        hc: &mut C,
+        key: Key,
+        port: u8,
+        old: PortPath,
+    ) -> Result<(), BackendError> {
+        self.port_gone(hc, key, port);
+        if let Some(v) = self.vusbs.get_mut(&key) {
+            v.ports[port as usize - 1].assigned = None;
+        }
+        if self.claims.get(&old) == Some(&(key, port)) {
+            self.claims.remove(&old);
+        }
+        log::info!(
+            "pvusb: vusb {}/{} port {port}: {old} detached",
+            key.0,
+            key.1
+        );
+        self.publish_assigned(old)
+    }
+
+    /// The device on `key`'s port went away (unplugged or unassigned).
+    fn port_gone<C: HostController>(&mut self, hc: &mut C, key: Key, port: u8) {
+        let Some(v) = self.vusbs.get_mut(&key) else {
+            return;
+        };
+        if let Some(link) = v.link.as_mut() {
+            let mut env = Env {
+                hv: &mut self.hv,
+                hc,
+                devices: &self.devices,
+                owners: &mut self.owners,
+                limit: &mut self.limit,
+                zero_copy: self.cfg.zero_copy,
+            };
+            link.port_gone(&mut env, &mut v.ports, port);
+            link.queue_conn(&mut v.ports, port, UsbifSpeed::NONE);
+        } else {
+            v.ports[port as usize - 1].reset_guest_state();
+        }
+    }
+
+    fn publish_assigned(&mut self, path: PortPath) -> Result<(), BackendError> {
+        if !self.devices.contains_key(&path) {
+            return Ok(());
+        }
+        let value = match self.claims.get(&path) {
+            Some(((fe, dev), port)) => format!("{fe}/{dev}/{port}"),
+            None => String::new(),
+        };
+        self.xs_write(
+            &format!("{DEVICES_DIR}/{}/assigned", path.node_name()),
+            &value,
+        )
+    }
+
+    // --- physical devices ------------------------------------------------------------------------
+
+    /// A device was enumerated on the controller: publish it, and announce it to the frontend
+    /// whose port it is assigned to.
+    pub fn device_attached<C: HostController>(
+        &mut self,
+        hc: &mut C,
+        dev: PhysDevice,
+    ) -> Result<(), BackendError> {
+        let path = dev.path;
+        if self.devices.contains_key(&path) {
+            self.device_detached(hc, path)?;
+        }
+        let node = format!("{DEVICES_DIR}/{}", path.node_name());
+        let speed = dev.speed;
+        let product = dev.product.clone().unwrap_or_default();
+        let vidpid = format!("{:04x}:{:04x}", dev.vendor, dev.product_id);
+        self.devices.insert(path, dev);
+        log::info!(
+            "pvusb: device {path} ({vidpid}, {} speed) available",
+            speed_name(speed)
+        );
+        self.xs_write(&format!("{node}/path"), &path.to_string())?;
+        self.xs_write(&format!("{node}/vid-pid"), &vidpid)?;
+        self.xs_write(&format!("{node}/speed"), speed_name(speed))?;
+        self.xs_write(&format!("{node}/product"), &sanitize(&product))?;
+        self.publish_assigned(path)?;
+        if let Some(&(key, port)) = self.claims.get(&path) {
+            if let Some(v) = self.vusbs.get_mut(&key) {
+                v.ports[port as usize - 1].reset_guest_state();
+                if let Some(link) = v.link.as_mut() {
+                    link.queue_conn(&mut v.ports, port, link::usbif_speed(speed));
+                }
+            }
+            self.service(hc, key);
+        }
+        Ok(())
+    }
+
+    /// A device went away: its frontend port sees a disconnect, its transfers in flight complete
+    /// with an error.
+    pub fn device_detached<C: HostController>(
+        &mut self,
+        hc: &mut C,
+        path: PortPath,
+    ) -> Result<(), BackendError> {
+        if self.devices.remove(&path).is_none() {
+            return Ok(());
+        }
+        log::info!("pvusb: device {path} gone");
+        if let Some(&(key, port)) = self.claims.get(&path) {
+            self.port_gone(hc, key, port);
+            self.service(hc, key);
+        }
+        self.xs_rm(&format!("{DEVICES_DIR}/{}", path.node_name()))
+    }
+
+    // --- rings and completions ---------------------------------------------------------------------
+
+    /// Serve every connected frontend's rings. Returns true if some ring had more work than one
+    /// round allowed (call again).
+    pub fn process_rings<C: HostController>(&mut self, hc: &mut C) -> bool {
+        let keys: Vec<Key> = self.vusbs.keys().copied().collect();
+        let mut more = false;
+        for k in keys {
+            more |= self.service(hc, k);
+        }
+        more
+    }
+
+    fn service<C: HostController>(&mut self, hc: &mut C, key: Key) -> bool {
+        let Some(v) = self.vusbs.get_mut(&key) else {
+            return false;
+        };
+        let Some(link) = v.link.as_mut() else {
+            return false;
+        };
+        let mut env = Env {
+            hv: &mut self.hv,
+            hc,
+            devices: &self.devices,
+            owners: &mut self.owners,
+            limit: &mut self.limit,
+            zero_copy: self.cfg.zero_copy,
+        };
+        match link.service(&mut env, &mut v.ports, RING_BUDGET) {
+            Ok(more) => more,
+            Err(e) => {
+                self.stats.protocol_failures += 1;
+                log::warn!(
+                    "pvusb: vusb {}/{}: ring failure ({}), disconnecting it",
+                    key.0,
+                    key.1,
+                    e.0
+                );
+                self.disconnect(hc, key);
+                let _ = self.set_state(key, XenbusState::CLOSING);
+                false
+            }
+        }
+    }
+
+    /// A controller completion. Returns false if the transfer is not one of the backend's.
+    pub fn complete<C: HostController>(&mut self, hc: &mut C, c: &Completion) -> bool {
+        let Some(gen) = self.owners.remove(&c.id) else {
+            return false;
+        };
+        if let Some(z) = self.zombies.get_mut(&gen) {
+            if z.complete_aborted(&mut self.hv, c) == 0 {
+                let z = self.zombies.remove(&gen).unwrap();
+                z.teardown(&mut self.hv);
+            }
+            return true;
+        }
+        let Some(key) = self
+            .vusbs
+            .iter()
+            .find(|(_, v)| v.link.as_ref().is_some_and(|l| l.gen == gen))
+            .map(|(k, _)| *k)
+        else {
+            return true;
+        };
+        let v = self.vusbs.get_mut(&key).unwrap();
+        let link = v.link.as_mut().unwrap();
+        let mut env = Env {
+            hv: &mut self.hv,
+            hc,
+            devices: &self.devices,
+            owners: &mut self.owners,
+            limit: &mut self.limit,
+            zero_copy: self.cfg.zero_copy,
+        };
+        link.complete(&mut env, &mut v.ports, c);
+        self.service(hc, key);
+        true
+    }
+}
+
+fn add(a: &mut LinkStats, b: &LinkStats) {
+    a.requests += b.requests;
+    a.rejected += b.rejected;
+    a.forwarded += b.forwarded;
+    a.virtualized += b.virtualized;
+    a.unlinks += b.unlinks;
+    a.completed += b.completed;
+    a.conn_events += b.conn_events;
+}
+
+/// Product strings come from the device: keep printable ASCII only.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(126)
+        .collect()
+}

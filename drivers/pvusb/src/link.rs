@@ -1,0 +1,818 @@
+//! One connected virtual controller: the urb ring, the conn ring, the requests in flight, the
+//! per-endpoint queues and the guest address table (`../shared/reference/pvusb-protocol.md`
+//! §1.4–§1.10, §1.14).
+//!
+//! # Ordering (the integrity rule)
+//! Every validated request joins the queue of its endpoint (root port, endpoint address) in ring
+//! order and leaves it only when answered. Plain transfers are handed to the host controller at
+//! once (the controller keeps them in order); a virtualised request (`SET_ADDRESS`,
+//! `SET_CONFIGURATION`, `SET_INTERFACE`, `CLEAR_FEATURE(ENDPOINT_HALT)`) waits until everything
+//! ahead of it on the endpoint has been answered, and what arrives behind it waits for it. When a
+//! transfer fails, the controller completes the transfers queued behind it on that endpoint with
+//! `EndpointHalted` without running them (see `usb_core::hc`); they are answered with
+//! `USBIF_STATUS_STALL`, and so is everything the frontend sends to the endpoint afterwards, until
+//! the guest's `CLEAR_FEATURE(ENDPOINT_HALT)` (which the backend turns into the controller's halt
+//! recovery and forwards to the device): nothing queued behind a failure ever runs before it, so
+//! the frontend retries them in order. Endpoint 0 is the exception (a control stall ends with the
+//! next SETUP, USB 2.0 §8.5.3.4): once nothing is outstanding on it, the backend recovers it
+//! itself before starting the next control request.
+//!
+//! # Answers
+//! Every request is answered exactly once: rejections at once, transfers when the controller
+//! completes them, after their buffer was unmapped (xenidc's `Connection::complete` releases the
+//! buffer before it queues the response). An unlink is answered at once and its target later, when
+//! the controller reports the cancelled (or finished) transfer.
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::vec::Vec;
+use core::fmt;
+
+use hal::DmaSegment;
+use usb_core::hc::{
+    Completion, DeviceId, EndpointAddress, HcError, HostController, Speed, TransferId,
+    TransferRequest, TransferType,
+};
+use xenidc::abi::usbif::{
+    ConnRequest, ConnResponse, PipeType, UrbRequest, UrbResponse, UsbifSpeed, UsbifStatus,
+};
+use xenidc::abi::DomId;
+use xenidc::buffer::LocalBuffer;
+use xenidc::channel::{ChannelError, Connection};
+use xenidc::hypervisor::Hypervisor;
+
+use crate::path::PortPath;
+use crate::ratelimit::RateLimit;
+use crate::shared_ring::SharedPortRing;
+use crate::superspeed;
+use crate::urb::{buffer_rejection, classify, status_of, Action, Urb};
+use crate::PhysDevice;
+
+/// Most conn-ring events kept while the frontend posts no slots; beyond it the queue is collapsed
+/// to the last state of each port.
+const MAX_CONN_EVENTS: usize = 256;
+
+/// State of one virtual port of a controller.
+#[derive(Debug, Clone, Default)]
+pub struct VPort {
+    /// The physical device exported on this port (its claim is held by this port).
+    pub assigned: Option<PortPath>,
+    /// The speed last queued for the frontend on the conn ring.
+    pub last_queued: u8,
+    /// Guest view of the device's configuration value (0 = unconfigured).
+    pub config_value: u8,
+    /// Guest's alternate settings (interface, alternate).
+    pub alts: Vec<(u8, u8)>,
+}
+
+impl VPort {
+    /// Forget what the guest did with the device (new device, or new connection).
+    pub fn reset_guest_state(&mut self) {
+        self.config_value = 0;
+        self.alts.clear();
+    }
+}
+
+/// The usbif speed for a device speed (SuperSpeed is shown as high speed; see
+/// [`crate::superspeed`]).
+pub fn usbif_speed(s: Speed) -> UsbifSpeed {
+    match s {
+        Speed::Low => UsbifSpeed::LOW,
+        Speed::Full => UsbifSpeed::FULL,
+        Speed::High | Speed::Super => UsbifSpeed::HIGH,
+    }
+}
+
+enum Stage {
+    /// Validated, queued behind something on its endpoint.
+    Waiting,
+    /// Handed to the controller.
+    Submitted(TransferId, Box<LocalBuffer>),
+}
+
+struct Inflight {
+    urb: Urb,
+    stage: Stage,
+}
+
+/// Counters of a link.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    pub requests: u64,
+    pub rejected: u64,
+    pub forwarded: u64,
+    pub virtualized: u64,
+    pub unlinks: u64,
+    pub completed: u64,
+    pub conn_events: u64,
+}
+
+/// What the link needs from its owner while it works.
+pub struct Env<'a, H: Hypervisor, C: HostController> {
+    pub hv: &'a mut H,
+    pub hc: &'a mut C,
+    pub devices: &'a BTreeMap<PortPath, PhysDevice>,
+    pub owners: &'a mut BTreeMap<TransferId, u64>,
+    pub limit: &'a mut RateLimit,
+    pub zero_copy: bool,
+}
+
+impl<H: Hypervisor, C: HostController> Env<'_, H, C> {
+    fn peer_log(&mut self, peer: DomId, args: fmt::Arguments<'_>) {
+        if let Some(suppressed) = self.limit.allow(self.hv.now_ns()) {
+            if suppressed > 0 {
+                log::warn!(
+                    "pvusb: frontend {}: {args} ({suppressed} similar lines suppressed)",
+                    peer.0
+                );
+            } else {
+                log::warn!("pvusb: frontend {}: {args}", peer.0);
+            }
+        }
+    }
+}
+
+/// A connected virtual controller.
+pub struct Link<H: Hypervisor> {
+    pub gen: u64,
+    peer: DomId,
+    num_ports: u8,
+    urb: Connection<H, UrbRequest, UrbResponse>,
+    conn: SharedPortRing<H, ConnRequest, ConnResponse>,
+    inflight: BTreeMap<u16, Inflight>,
+    queues: BTreeMap<(u8, u8), VecDeque<u16>>,
+    /// Guest device address → virtual port (0: none).
+    addr: [u8; 128],
+    /// Virtual port → guest device address (0: not addressed yet).
+    port_addr: [u8; 32],
+    conn_events: VecDeque<(u8, u8)>,
+    /// Endpoints whose controller side must be recovered once drained.
+    needs_clear: BTreeSet<(u8, u8)>,
+    pub stats: LinkStats,
+}
+
+/// Ring failure: the frontend broke the protocol or the ring could not be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkFailed(pub ChannelError);
+
+impl<H: Hypervisor> Link<H> {
+    pub fn new(
+        gen: u64,
+        peer: DomId,
+        num_ports: u8,
+        urb: Connection<H, UrbRequest, UrbResponse>,
+        conn: SharedPortRing<H, ConnRequest, ConnResponse>,
+    ) -> Self {
+        Link {
+            gen,
+            peer,
+            num_ports,
+            urb,
+            conn,
+            inflight: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            addr: [0; 128],
+            port_addr: [0; 32],
+            conn_events: VecDeque::new(),
+            needs_clear: BTreeSet::new(),
+            stats: LinkStats::default(),
+        }
+    }
+
+    /// Requests received and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Requests handed to the controller and not completed yet.
+    pub fn submitted(&self) -> usize {
+        self.inflight
+            .values()
+            .filter(|i| matches!(i.stage, Stage::Submitted(..)))
+            .count()
+    }
+
+    /// Grant mappings held for data buffers.
+    pub fn mapped_now(&mut self) -> usize {
+        self.urb.mapper().mapped_now()
+    }
+
+    // --- conn ring ---------------------------------------------------------------------------
+
+    /// Queue a speed change of `port` for the frontend (dropped if it is no change).
+    pub fn queue_conn(&mut self, ports: &mut [VPort], port: u8, speed: UsbifSpeed) {
+        let vp = &mut ports[port as usize - 1];
+        if vp.last_queued == speed.0 {
+            return;
+        }
+        vp.last_queued = speed.0;
+        self.conn_events.push_back((port, speed.0));
+        if self.conn_events.len() > MAX_CONN_EVENTS {
+            // The frontend posts no slots: keep only each port's latest state (a port that went
+            // away and came back is announced as gone first, so the guest re-enumerates it).
+            let old: Vec<(u8, u8)> = self.conn_events.drain(..).collect();
+            let mut seen = BTreeSet::new();
+            let mut latest = Vec::new();
+            for &(p, s) in old.iter().rev() {
+                if seen.insert(p) {
+                    latest.push((p, s));
+                }
+            }
+            for (p, s) in latest.into_iter().rev() {
+                if s != 0 {
+                    self.conn_events.push_back((p, 0));
+                }
+                self.conn_events.push_back((p, s));
+            }
+        }
+    }
+
+    /// Send queued conn events for which the frontend posted slots.
+    pub fn pump_conn(&mut self, hv: &mut H) -> Result<(), LinkFailed> {
+        let mut sent = false;
+        while let Some(&(port, speed)) = self.conn_events.front() {
+            match self.conn.receive().map_err(LinkFailed)? {
+                None => break,
+                Some(req) => {
+                    let rsp = ConnResponse {
+                        id: req.id,
+                        portnum: port,
+                        speed: UsbifSpeed(speed),
+                    };
+                    self.conn.respond(&rsp).map_err(LinkFailed)?;
+                    self.conn_events.pop_front();
+                    self.stats.conn_events += 1;
+                    sent = true;
+                }
+            }
+        }
+        if sent {
+            let port = self.urb.port();
+            self.conn.flush(hv, port).map_err(LinkFailed)?;
+        }
+        Ok(())
+    }
+
+    // --- urb ring ----------------------------------------------------------------------------
+
+    /// Take up to `budget` requests off the ring and act on them. Returns true if the ring may
+    /// hold more (call again).
+    pub fn service<C: HostController>(
+        &mut self,
+        env: &mut Env<'_, H, C>,
+        ports: &mut [VPort],
+        budget: usize,
+    ) -> Result<bool, LinkFailed> {
+        let mut n = 0;
+        let more = loop {
+            if n >= budget {
+                break true;
+            }
+            match self.urb.channel().receive() {
+                Ok(Some(r)) => {
+                    n += 1;
+                    self.handle_request(env, ports, r);
+                }
+                Ok(None) => {
+                    self.flush(env.hv)?;
+                    match self.urb.channel().idle_check() {
+                        Ok(true) => continue,
+                        Ok(false) => break false,
+                        Err(e) => return Err(LinkFailed(e)),
+                    }
+                }
+                Err(e) => return Err(LinkFailed(e)),
+            }
+        };
+        self.pump(env, ports);
+        self.flush(env.hv)?;
+        self.pump_conn(env.hv)?;
+        Ok(more)
+    }
+
+    /// Publish queued responses.
+    pub fn flush(&mut self, hv: &mut H) -> Result<(), LinkFailed> {
+        self.urb.channel().flush(hv).map(drop).map_err(LinkFailed)
+    }
+
+    fn respond(
+        &mut self,
+        hv: &mut H,
+        id: u16,
+        status: UsbifStatus,
+        actual: u32,
+        buf: Option<LocalBuffer>,
+    ) {
+        let rsp = UrbResponse {
+            id,
+            start_frame: 0,
+            status,
+            actual_length: actual.min(i32::MAX as u32) as i32,
+            error_count: 0,
+        };
+        if let Err(e) = self.urb.complete(hv, buf, &rsp) {
+            log::error!(
+                "pvusb: frontend {}: answering request {id}: {e}",
+                self.peer.0
+            );
+        }
+    }
+
+    fn reject<C: HostController>(
+        &mut self,
+        env: &mut Env<'_, H, C>,
+        id: u16,
+        status: UsbifStatus,
+        why: &str,
+    ) {
+        self.stats.rejected += 1;
+        env.peer_log(
+            self.peer,
+            format_args!("request {id} refused ({}): {why}", status.0),
+        );
+        self.respond(env.hv, id, status, 0, None);
+    }
+
+    fn handle_request<C: HostController>(
+        &mut self,
+        env: &mut Env<'_, H, C>,
+        ports: &mut [VPort],
+        r: UrbRequest,
+    ) {
+        self.stats.requests += 1;
+        if r.pipe.is_unlink() {
+            self.unlink(env, ports, &r);
+            return;
+        }
+        if self.inflight.contains_key(&r.id) {
+            self.reject(env, r.id, UsbifStatus::INVAL, "id already in flight");
+            return;
+        }
+        let urb = match classify(&r, self.peer, self.num_ports) {
+            Ok(u) => u,
+            Err(rej) => {
+                self.reject(env, r.id, rej.status, rej.why);
+                return;
+            }
+        };
+        let vp = &ports[urb.port as usize - 1];
+        let Some(path) = vp.assigned else {
+            self.reject(
+                env,
+                r.id,
+                UsbifStatus::NODEV,
+                "no device assigned to the port",
+            );
+            return;
+        };
+        let Some(dev) = env.devices.get(&path) else {
+            self.reject(env, r.id, UsbifStatus::NODEV, "device not connected");
+            return;
+        };
+        if urb.devaddr != 0 && self.addr[urb.devaddr as usize] != urb.port {
+            self.reject(env, r.id, UsbifStatus::NODEV, "unknown device address");
+            return;
+        }
+        if !urb.ep.is_ep0() {
+            let want = match urb.kind {
+                PipeType::BULK => TransferType::Bulk,
+                PipeType::INT => TransferType::Interrupt,
+                _ => TransferType::Isochronous,
+            };
+            let ok = match (&dev.config, vp.config_value) {
+                (Some(cfg), v) if v != 0 && cfg.value == v => cfg
+                    .active_endpoints(&vp.alts)
+                    .iter()
+                    .any(|e| e.address == urb.ep && e.kind == want),
+                _ => false,
+            };
+            if !ok {
+                self.reject(
+                    env,
+                    r.id,
+                    UsbifStatus::INVAL,
+                    "no such endpoint in the active configuration",
+                );
+                return;
+            }
+        }
+        let key = urb.queue_key();
+        let id = urb.id;
+        let q = self.queues.entry(key).or_default();
+        q.push_back(id);
+        self.inflight.insert(
+            id,
+            Inflight {
+                urb,
+                stage: Stage::Waiting,
+            },
+        );
+        // Started by `pump`, which keeps the endpoint order.
+        self.pump(env, ports);
+    }
+
+    fn unlink<C: HostController>(
+        &mut self,
+        env: &mut Env<'_, H, C>,
+        ports: &mut [VPort],
+        r: &UrbRequest,
+    ) {
+        self.stats.unlinks += 1;
+        let target = r.unlink_id();
+        let stage = self.inflight.get(&target).map(|i| match &i.stage {
+            Stage::Waiting => None,
+            Stage::Submitted(tid, _) => Some(*tid),
+        });
+        match stage {
+            None => {
+                // Already answered (or never sent): nothing to cancel.
+                self.respond(env.hv, r.id, UsbifStatus::OK, 0, None);
+            }
+            Some(None) => {
+                self.respond(env.hv, r.id, UsbifStatus::OK, 0, None);
+                self.finish(env, target, UsbifStatus::IOERROR, 0, None);
+                self.pump(env, ports);
+            }
+            Some(Some(tid)) => {
+                // The target is answered when the controller reports it (cancelled or done).
+                let status = match env.hc.cancel(tid) {
+                    Ok(_) => UsbifStatus::OK,
+                    Err(e) => status_of(&e),
+                };
+                self.respond(env.hv, r.id, status, 0, None);
+            }
+        }
+    }
+
+    /// Answer in-flight request `id` (removing it from its queue).
+    fn finish<C: HostController>(
+        &mut self,
+        env: &mut Env<'_, H, C>,
+        id: u16,
+        status: UsbifStatus,
+        actual: u32,
+        buf: Option<LocalBuffer>,
+    ) {
+        if let Some(inf) = self.inflight.remove(&id) {
+            let key = inf.urb.queue_key();
+            if let Some(q) = self.queues.get_mut(&key) {
+                q.retain(|&x| x != id);
+                if q.is_empty() {
+                    self.queues.remove(&key);
+                }
+            }
+            let buf = match (buf, inf.stage) {
+                (Some(b), _) => Some(b),
+                (None, Stage::Submitted(tid, b)) => {
+                    env.owners.remove(&tid);
+                    Some(*b)
+                }
+                (None, Stage::Waiting) => None,
+            };
+            self.stats.completed += 1;
+            self.respond(env.hv, id, status, actual, buf);
+        }
+    }
+
+    fn device<'d, C: HostController>(
+        env: &'d Env<'_, H, C>,
+        ports: &[VPort],
+        port: u8,
+    ) -> Option<&'d PhysDevice> {
+        ports
+            .get(port as usize - 1)
+            .and_then(|vp| vp.assigned)
+            .and_then(|p| env.devices.get(&p))
+    }
+
+    /// Start waiting requests whose turn has come, and recover drained halted endpoints.
+    pub fn pump<C: HostController>(&mut self, env: &mut Env<'_, H, C>, ports: &mut [VPort]) {
+        loop {
+            let mut progressed = false;
+            // Controller-side halt recovery once nothing of ours is outstanding on the endpoint.
+            let drained: Vec<(u8, u8)> = self
+                .needs_clear
+                .iter()
+                .copied()
+                .filter(|k| {
+                    self.queues.get(k).is_none_or(|q| {
+                        q.iter()
+                            .all(|id| matches!(self.inflight[id].stage, Stage::Waiting))
+                    })
+                })
+                .collect();
+            for k in drained {
+                self.needs_clear.remove(&k);
+                if let Some(dev) = Self::device(env, ports, k.0) {
+                    let d: DeviceId = dev.device;
+                    if let Err(e) = env.hc.clear_halt(d, EndpointAddress(k.1)) {
+                        log::debug!("pvusb: clearing halt of {:?} ep {:#x}: {e}", d, k.1);
+                    }
+                }
+            }
+            let keys: Vec<(u8, u8)> = self.queues.keys().copied().collect();
+            for key in keys {
+                while let Some(q) = self.queues.get(&key) {
+                    let Some(pos) = q
+                        .iter()
+                        .position(|id| matches!(self.inflight[id].stage, Stage::Waiting))
+                    else {
+                        break;
+                    };
+                    let id = q[pos];
+                    let forward = self.inflight[&id].urb.action == Action::Forward;
+                    // Virtualised requests wait for the queue ahead; so does every control
+                    // transfer (one at a time on endpoint 0, so that a stalled request cannot
+                    // fail the unrelated next one).
+                    if pos > 0 && (!forward || key.1 == 0) {
+                        break;
+                    }
+                    if self.needs_clear.contains(&key) {
+                        // Endpoint 0 after an error: wait until recovered (above).
+                        break;
+                    }
+                    self.start(env, ports, id);
+                    progressed = true;
+                    if self
+                        .inflight
+                        .get(&id)
+                        .is_some_and(|i| matches!(i.stage, Stage::Waiting))
+                    {
+                        break;
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    /// Run request `id` now: the virtualised part, then the transfer.
+    fn start<C: HostController>(&mut self, env: &mut Env<'_, H, C>, ports: &mut [VPort], id: u16) {
+        let Some(inf) = self.inflight.get(&id) else {
+            return;
+        };
+        let urb = inf.urb.clone();
+        let port = urb.port;
+        let Some(dev) = Self::device(env, ports, port) else {
+            self.finish(env, id, UsbifStatus::NODEV, 0, None);
+            return;
+        };
+        let (device, config) = (dev.device, dev.config.clone());
+        let vp = &mut ports[port as usize - 1];
+        match urb.action {
+            Action::Forward => {}
+            Action::SetAddress(a) => {
+                self.stats.virtualized += 1;
+                let old = self.port_addr[port as usize];
+                if old != 0 && self.addr[old as usize] == port {
+                    self.addr[old as usize] = 0;
+                }
+                let other = self.addr[a as usize];
+                if other != 0 && other != port {
+                    self.port_addr[other as usize] = 0;
+                }
+                self.addr[a as usize] = port;
+                self.port_addr[port as usize] = a;
+                self.finish(env, id, UsbifStatus::OK, 0, None);
+                return;
+            }
+            Action::SetConfiguration(v) => {
+                self.stats.virtualized += 1;
+                let eps = match (&config, v) {
+                    (_, 0) => Vec::new(),
+                    (Some(c), v) if c.value == v => c.active_endpoints(&[]),
+                    _ => {
+                        self.finish(env, id, UsbifStatus::INVAL, 0, None);
+                        return;
+                    }
+                };
+                if let Err(e) = env.hc.configure_endpoints(device, &eps) {
+                    self.finish(env, id, status_of(&e), 0, None);
+                    return;
+                }
+                // A (re)configured device starts with every endpoint running (USB 2.0 §9.4.7).
+                for e in &eps {
+                    let _ = env.hc.clear_halt(device, e.address);
+                }
+                vp.config_value = v;
+                vp.alts.clear();
+            }
+            Action::SetInterface(i, a) => {
+                self.stats.virtualized += 1;
+                let cfg = match &config {
+                    Some(c) if vp.config_value == c.value && c.interface(i, a).is_some() => c,
+                    _ => {
+                        self.finish(env, id, UsbifStatus::INVAL, 0, None);
+                        return;
+                    }
+                };
+                let mut alts: Vec<(u8, u8)> =
+                    vp.alts.iter().copied().filter(|(n, _)| *n != i).collect();
+                alts.push((i, a));
+                let eps = cfg.active_endpoints(&alts);
+                if let Err(e) = env.hc.configure_endpoints(device, &eps) {
+                    self.finish(env, id, status_of(&e), 0, None);
+                    return;
+                }
+                vp.alts = alts;
+            }
+            Action::ClearHalt(ep) => {
+                self.stats.virtualized += 1;
+                self.needs_clear.remove(&(port, ep.0));
+                if let Err(e) = env.hc.clear_halt(device, ep) {
+                    if e == HcError::NoDevice {
+                        self.finish(env, id, UsbifStatus::NODEV, 0, None);
+                        return;
+                    }
+                    log::debug!("pvusb: clear_halt {:?} {:#x}: {e}", device, ep.0);
+                }
+            }
+        }
+        // The transfer itself.
+        let mapper = self.urb.mapper();
+        let buf = if env.zero_copy {
+            mapper.map(env.hv, &urb.buffer)
+        } else {
+            match mapper.bounce(&urb.buffer) {
+                Ok(b) if !urb.dir_in => match mapper.copy_in(env.hv, &b) {
+                    Ok(()) => Ok(b),
+                    Err(e) => {
+                        let _ = mapper.release(env.hv, b);
+                        Err(e)
+                    }
+                },
+                r => r,
+            }
+        };
+        let buf = match buf {
+            Ok(b) => b,
+            Err(e) => {
+                let rej = buffer_rejection(&e);
+                env.peer_log(self.peer, format_args!("request {id}: buffer: {e}"));
+                self.stats.rejected += 1;
+                self.finish(env, id, rej.status, 0, None);
+                return;
+            }
+        };
+        let mut segs: heapless::Vec<DmaSegment, 16> = heapless::Vec::new();
+        let _ = self.urb.mapper().for_each_bus_segment(&buf, |a, l| {
+            let _ = segs.push(DmaSegment {
+                bus_addr: a,
+                len: l as u32,
+            });
+        });
+        let tr = TransferRequest {
+            device,
+            endpoint: urb.ep,
+            setup: urb.setup,
+            buffer: &segs,
+            flags: urb.flags,
+        };
+        match env.hc.submit(&tr) {
+            Ok(tid) => {
+                self.stats.forwarded += 1;
+                env.owners.insert(tid, self.gen);
+                if let Some(inf) = self.inflight.get_mut(&id) {
+                    inf.stage = Stage::Submitted(tid, Box::new(buf));
+                }
+            }
+            Err(e) => {
+                self.finish(env, id, status_of(&e), 0, Some(buf));
+            }
+        }
+    }
+
+    /// A controller completion for one of our transfers.
+    pub fn complete<C: HostController>(
+        &mut self,
+        env: &mut Env<'_, H, C>,
+        ports: &mut [VPort],
+        c: &Completion,
+    ) {
+        let Some(id) = self.inflight.iter().find_map(|(id, i)| match &i.stage {
+            Stage::Submitted(tid, _) if *tid == c.id => Some(*id),
+            _ => None,
+        }) else {
+            return;
+        };
+        let inf = self.inflight.get_mut(&id).expect("found above");
+        let Stage::Submitted(_, buf) = core::mem::replace(&mut inf.stage, Stage::Waiting) else {
+            return;
+        };
+        let buf = *buf;
+        let urb = inf.urb.clone();
+        env.owners.remove(&c.id);
+        let mut status = match c.result {
+            Ok(()) => UsbifStatus::OK,
+            Err(e) => status_of(&e),
+        };
+        if let Err(e) = c.result {
+            // Endpoint 0 recovers by itself with the next SETUP (USB 2.0 §8.5.3.4): recover the
+            // controller side once drained. Other endpoints stay halted (the controller refuses
+            // new transfers, answered STALL) until the guest's CLEAR_FEATURE(ENDPOINT_HALT).
+            if urb.ep.is_ep0() && !matches!(e, HcError::Cancelled | HcError::NoDevice) {
+                self.needs_clear.insert(urb.queue_key());
+            }
+        }
+        let actual = c.actual.min(urb.buffer.len());
+        if urb.dir_in && actual > 0 {
+            let ss = Self::device(env, ports, urb.port).is_some_and(|d| d.speed == Speed::Super);
+            let mapper = self.urb.mapper();
+            if let (true, Some(setup)) = (ss, urb.setup) {
+                if superspeed::wants_rewrite(&setup) {
+                    let mut data = alloc::vec![0u8; actual as usize];
+                    if mapper.read(&buf, 0, &mut data).is_ok()
+                        && superspeed::rewrite(&setup, &mut data)
+                    {
+                        let _ = mapper.write(&buf, 0, &data);
+                    }
+                }
+            }
+            if let Err(e) = mapper.copy_out(env.hv, &buf) {
+                env.peer_log(
+                    self.peer,
+                    format_args!("request {id}: copying data back: {e}"),
+                );
+                status = UsbifStatus::SHUTDOWN;
+            }
+        }
+        self.finish(env, id, status, actual, Some(buf));
+        self.pump(env, ports);
+    }
+
+    /// The device on `port` went away or was unassigned: cancel what is in flight for it (the
+    /// controller reports those transfers, and they are answered then) and answer what waits.
+    pub fn port_gone<C: HostController>(
+        &mut self,
+        env: &mut Env<'_, H, C>,
+        ports: &mut [VPort],
+        port: u8,
+    ) {
+        let ids: Vec<u16> = self
+            .inflight
+            .iter()
+            .filter(|(_, i)| i.urb.port == port)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            match &self.inflight[&id].stage {
+                Stage::Waiting => self.finish(env, id, UsbifStatus::NODEV, 0, None),
+                Stage::Submitted(tid, _) => {
+                    let tid = *tid;
+                    let _ = env.hc.cancel(tid);
+                }
+            }
+        }
+        let a = self.port_addr[port as usize];
+        if a != 0 && self.addr[a as usize] == port {
+            self.addr[a as usize] = 0;
+        }
+        self.port_addr[port as usize] = 0;
+        self.needs_clear.retain(|k| k.0 != port);
+        ports[port as usize - 1].reset_guest_state();
+    }
+
+    /// Stop: cancel every submitted transfer and drop waiting ones (the frontend is going away).
+    /// Returns the number of transfers the controller still has to report.
+    pub fn abort<C: HostController>(&mut self, hc: &mut C) -> usize {
+        self.inflight
+            .retain(|_, i| matches!(i.stage, Stage::Submitted(..)));
+        self.queues.clear();
+        self.conn_events.clear();
+        for i in self.inflight.values() {
+            if let Stage::Submitted(tid, _) = &i.stage {
+                let _ = hc.cancel(*tid);
+            }
+        }
+        self.inflight.len()
+    }
+
+    /// After [`Link::abort`]: a completion of a transfer of a link being torn down. Its buffer is
+    /// released; nobody is answered. Returns the transfers still outstanding.
+    pub fn complete_aborted(&mut self, hv: &mut H, c: &Completion) -> usize {
+        let id = self.inflight.iter().find_map(|(id, i)| match &i.stage {
+            Stage::Submitted(tid, _) if *tid == c.id => Some(*id),
+            _ => None,
+        });
+        if let Some(id) = id {
+            if let Some(Inflight {
+                stage: Stage::Submitted(_, buf),
+                ..
+            }) = self.inflight.remove(&id)
+            {
+                let _ = self.urb.mapper().release(hv, *buf);
+            }
+        }
+        self.inflight.len()
+    }
+
+    /// Release everything: data mappings, bounce pages, both rings, the event channel.
+    pub fn teardown(self, hv: &mut H) -> usize {
+        let Link { urb, conn, .. } = self;
+        let report = urb.teardown(hv);
+        let _ = conn.disconnect(hv);
+        report.mappings_released
+    }
+}

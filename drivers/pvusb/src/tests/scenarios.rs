@@ -1,0 +1,702 @@
+//! End-to-end scenarios: backend + simulated hypervisor/xenstore + fake controller + simulated
+//! frontends.
+
+use super::*;
+use usb_core::hc::HcError;
+use xenidc::abi::usbif::UsbifStatus as S;
+
+const FE: u16 = 5;
+const FE2: u16 = 6;
+
+fn ok(f: &mut Frontend, id: u16) -> UrbResponse {
+    let r = f.take(id);
+    assert_eq!(r.len(), 1, "exactly one response to {id}: {r:?}");
+    r[0]
+}
+
+fn status(f: &mut Frontend, id: u16) -> S {
+    ok(f, id).status
+}
+
+/// A world with a high-speed stick on root port 1 assigned to port 1 of frontend `FE`, connected.
+fn connected(zero_copy: bool, speed: Speed) -> (World, Frontend) {
+    let mut w = World::new(zero_copy);
+    w.plug(1, speed);
+    w.toolstack_create(FE, 0, 4, 2);
+    let mut f = Frontend::new(&mut w, FE, 0);
+    w.assign(FE, 0, 1, "1-1");
+    w.run(&mut [&mut f]);
+    assert_eq!(w.be_state(FE, 0), Some(4));
+    assert_eq!(f.state(), 4);
+    (w, f)
+}
+
+/// The guest's enumeration: descriptor at address 0, SET_ADDRESS, descriptors, SET_CONFIGURATION.
+fn enumerate(w: &mut World, f: &mut Frontend, port: u32, addr: u8) {
+    let (pi, g) = f.page(false);
+    f.send(&request(
+        1,
+        ctrl_pipe(port, 0, true),
+        [0x80, 6, 0, 1, 0, 0, 64, 0],
+        &[(g, 0, 8)],
+    ));
+    w.run(&mut [&mut *f]);
+    let r = ok(f, 1);
+    assert_eq!((r.status, r.actual_length), (S::OK, 8));
+    let mut d = [0u8; 8];
+    f.page_mem(pi).read_bytes(0, &mut d).unwrap();
+    assert_eq!(&d[..2], &[18, 1]);
+    f.send(&request(
+        2,
+        ctrl_pipe(port, 0, false),
+        [0, 5, addr, 0, 0, 0, 0, 0],
+        &[],
+    ));
+    w.run(&mut [&mut *f]);
+    assert_eq!(status(f, 2), S::OK);
+    f.send(&request(
+        3,
+        ctrl_pipe(port, addr, true),
+        [0x80, 6, 0, 1, 0, 0, 18, 0],
+        &[(g, 0, 18)],
+    ));
+    f.send(&request(
+        4,
+        ctrl_pipe(port, addr, true),
+        [0x80, 6, 0, 2, 0, 0, 0xff, 0],
+        &[(g, 100, 255)],
+    ));
+    w.run(&mut [&mut *f]);
+    let r = ok(f, 3);
+    assert_eq!((r.status, r.actual_length), (S::OK, 18));
+    let r = ok(f, 4);
+    assert_eq!((r.status, r.actual_length), (S::OK, 32));
+    f.send(&request(
+        5,
+        ctrl_pipe(port, addr, false),
+        [0, 9, 1, 0, 0, 0, 0, 0],
+        &[],
+    ));
+    w.run(&mut [&mut *f]);
+    assert_eq!(status(f, 5), S::OK);
+}
+
+/// Read `blocks` sectors at `lba` through BOT: CBW, data (over `segs`), CSW. Returns the data.
+fn bot_read(
+    w: &mut World,
+    f: &mut Frontend,
+    port: u32,
+    addr: u8,
+    lba: u32,
+    blocks: u16,
+    id: u16,
+) -> Vec<u8> {
+    let (ci, cg) = f.page(true);
+    f.page_mem(ci)
+        .write_bytes(0, &cbw(id as u32, true, lba, blocks))
+        .unwrap();
+    let len = blocks as usize * 512;
+    // Data over several pages, starting mid-page, as a kmalloc'ed buffer would be.
+    let mut segs = Vec::new();
+    let mut pages = Vec::new();
+    let mut left = len;
+    let mut first = true;
+    while left > 0 {
+        let (pi, g) = f.page(false);
+        let off = if first { 512 } else { 0 };
+        first = false;
+        let n = left.min(4096 - off);
+        segs.push((g, off as u16, n as u16));
+        pages.push((pi, off, n));
+        left -= n;
+    }
+    let (si, sg) = f.page(false);
+    f.send(&request(
+        id,
+        bulk_pipe(port, addr, 2, false),
+        [0; 8],
+        &[(cg, 0, 31)],
+    ));
+    f.send(&request(
+        id + 1,
+        bulk_pipe(port, addr, 1, true),
+        [0; 8],
+        &segs,
+    ));
+    f.send(&request(
+        id + 2,
+        bulk_pipe(port, addr, 1, true),
+        [0; 8],
+        &[(sg, 0, 13)],
+    ));
+    w.run(&mut [&mut *f]);
+    assert_eq!(ok(f, id).actual_length, 31);
+    let r = ok(f, id + 1);
+    assert_eq!((r.status, r.actual_length as usize), (S::OK, len));
+    let r = ok(f, id + 2);
+    assert_eq!((r.status, r.actual_length), (S::OK, 13));
+    let mut csw = [0u8; 13];
+    f.page_mem(si).read_bytes(0, &mut csw).unwrap();
+    assert_eq!(&csw[..4], b"USBS");
+    assert_eq!(csw[12], 0);
+    let mut out = Vec::new();
+    for (pi, off, n) in pages {
+        let mut b = vec![0u8; n];
+        f.page_mem(pi).read_bytes(off, &mut b).unwrap();
+        out.extend(b);
+    }
+    out
+}
+
+fn disk(w: &mut World, port: u8, lba: usize, blocks: usize) -> Vec<u8> {
+    w.hc.stick(port).disk[lba * 512..(lba + blocks) * 512].to_vec()
+}
+
+#[test]
+fn xen_hcd_sequence_enumerates_and_reads_zero_copy() {
+    let (mut w, mut f) = connected(true, Speed::High);
+    assert_eq!(f.speeds.get(&1), Some(&UsbifSpeed::HIGH.0));
+    assert_eq!(
+        f.conn_log,
+        vec![(1, UsbifSpeed::HIGH.0)],
+        "one event, no repeats"
+    );
+    // Published for the tool.
+    let dev = format!("{}/data/usbdom/devices/1-1", home_path(BE));
+    assert_eq!(
+        w.read(&format!("{dev}/vid-pid")).as_deref(),
+        Some("0781:5567")
+    );
+    assert_eq!(w.read(&format!("{dev}/speed")).as_deref(), Some("high"));
+    assert_eq!(w.read(&format!("{dev}/assigned")).as_deref(), Some("5/0/1"));
+    assert_eq!(w.read(&format!("{dev}/path")).as_deref(), Some("1-1"));
+
+    enumerate(&mut w, &mut f, 1, 5);
+    assert_eq!(
+        w.hc.stick(1).set_address_seen,
+        0,
+        "SET_ADDRESS never reaches the device"
+    );
+    assert_eq!(w.hc.stick(1).set_config_seen, vec![1]);
+    let (_, eps) = w.hc.configured.last().unwrap().clone();
+    assert!(
+        eps.contains(&usb_core::hc::EndpointAddress(0x81))
+            && eps.contains(&usb_core::hc::EndpointAddress(0x02))
+    );
+
+    let data = bot_read(&mut w, &mut f, 1, 5, 3, 8, 100);
+    assert_eq!(data, disk(&mut w, 1, 3, 8));
+    let data = bot_read(&mut w, &mut f, 1, 5, 10, 16, 200);
+    assert_eq!(data, disk(&mut w, 1, 10, 16));
+    assert_eq!(w.hc.dma_faults, 0);
+    // Only the two ring pages stay mapped between requests.
+    assert_eq!(w.be_stats().foreign_maps, 2);
+    assert!(
+        f.responses.is_empty(),
+        "no stray responses: {:?}",
+        f.responses
+    );
+}
+
+#[test]
+fn bounce_mode_moves_the_same_data_by_grant_copy() {
+    let (mut w, mut f) = connected(false, Speed::High);
+    enumerate(&mut w, &mut f, 1, 9);
+    let copies_before = w.be_stats().copies_total;
+    let data = bot_read(&mut w, &mut f, 1, 9, 0, 12, 50);
+    assert_eq!(data, disk(&mut w, 1, 0, 12));
+    assert!(
+        w.be_stats().copies_total > copies_before,
+        "data went through grant copy"
+    );
+    assert_eq!(w.be_stats().foreign_maps, 2, "no data page was mapped");
+    assert_eq!(w.hc.dma_faults, 0);
+}
+
+#[test]
+fn guest_address_table_and_address_zero_rules() {
+    let (mut w, mut f) = connected(true, Speed::High);
+    let (_, g) = f.page(false);
+    // Before SET_ADDRESS, address 5 is unknown.
+    f.send(&request(
+        1,
+        ctrl_pipe(1, 5, true),
+        [0x80, 6, 0, 1, 0, 0, 18, 0],
+        &[(g, 0, 18)],
+    ));
+    // At address 0 only GET_DESCRIPTOR and SET_ADDRESS.
+    f.send(&request(
+        2,
+        ctrl_pipe(1, 0, false),
+        [0, 9, 1, 0, 0, 0, 0, 0],
+        &[],
+    ));
+    // Bulk before configuration: no such endpoint.
+    f.send(&request(3, bulk_pipe(1, 0, 1, true), [0; 8], &[(g, 0, 13)]));
+    // Ports without a device / beyond num-ports.
+    f.send(&request(
+        4,
+        ctrl_pipe(2, 0, true),
+        [0x80, 6, 0, 1, 0, 0, 18, 0],
+        &[(g, 0, 18)],
+    ));
+    f.send(&request(
+        6,
+        ctrl_pipe(7, 0, true),
+        [0x80, 6, 0, 1, 0, 0, 18, 0],
+        &[(g, 0, 18)],
+    ));
+    w.run(&mut [&mut f]);
+    assert_eq!(status(&mut f, 1), S::NODEV);
+    assert_eq!(status(&mut f, 2), S::INVAL);
+    assert_eq!(status(&mut f, 3), S::INVAL);
+    assert_eq!(status(&mut f, 4), S::NODEV);
+    assert_eq!(status(&mut f, 6), S::INVAL);
+    enumerate(&mut w, &mut f, 1, 5);
+    // Re-addressing moves the device: the old address is gone.
+    f.send(&request(
+        7,
+        ctrl_pipe(1, 5, false),
+        [0, 5, 6, 0, 0, 0, 0, 0],
+        &[],
+    ));
+    f.send(&request(
+        8,
+        ctrl_pipe(1, 5, true),
+        [0x80, 6, 0, 1, 0, 0, 18, 0],
+        &[(g, 0, 18)],
+    ));
+    f.send(&request(
+        9,
+        ctrl_pipe(1, 6, true),
+        [0x80, 6, 0, 1, 0, 0, 18, 0],
+        &[(g, 0, 18)],
+    ));
+    w.run(&mut [&mut f]);
+    assert_eq!(status(&mut f, 7), S::OK);
+    assert_eq!(status(&mut f, 8), S::NODEV);
+    assert_eq!(status(&mut f, 9), S::OK);
+    // A stalled control request (unknown descriptor) recovers endpoint 0 for the next one.
+    f.send(&request(
+        10,
+        ctrl_pipe(1, 6, true),
+        [0x80, 6, 0, 0x21, 0, 0, 9, 0],
+        &[(g, 0, 9)],
+    ));
+    f.send(&request(
+        11,
+        ctrl_pipe(1, 6, true),
+        [0x80, 6, 0, 1, 0, 0, 18, 0],
+        &[(g, 0, 18)],
+    ));
+    w.run(&mut [&mut f]);
+    assert_eq!(status(&mut f, 10), S::STALL);
+    assert_eq!(status(&mut f, 11), S::OK);
+}
+
+#[test]
+fn integrity_rule_fails_what_is_queued_behind_an_error() {
+    let (mut w, mut f) = connected(true, Speed::High);
+    enumerate(&mut w, &mut f, 1, 5);
+    let dev = w.hc.devices[&1].0;
+    let (_, g) = f.page(false);
+    w.hc.hold = true;
+    for id in [20u16, 21, 22] {
+        f.send(&request(
+            id,
+            bulk_pipe(1, 5, 1, true),
+            [0; 8],
+            &[(g, (id - 20) * 1024, 512)],
+        ));
+    }
+    w.run(&mut [&mut f]);
+    assert!(f.responses.is_empty(), "held in the controller");
+    w.hc.fail_next.insert((dev, 0x81), HcError::Stall);
+    w.hc.hold = false;
+    w.run(&mut [&mut f]);
+    let order: Vec<u16> = f.responses.iter().map(|r| r.id).collect();
+    assert_eq!(order, vec![20, 21, 22], "answered in order");
+    assert_eq!(status(&mut f, 20), S::STALL);
+    assert_eq!(status(&mut f, 21), S::STALL);
+    assert_eq!(status(&mut f, 22), S::STALL);
+    let ran: Vec<_> = w.hc.executed.iter().filter(|e| e.1 == 0x81).collect();
+    assert_eq!(ran.len(), 1, "nothing behind the failed transfer ran");
+    // Sent before the guest recovered the endpoint: refused, not run.
+    f.send(&request(
+        23,
+        bulk_pipe(1, 5, 1, true),
+        [0; 8],
+        &[(g, 0, 512)],
+    ));
+    w.run(&mut [&mut f]);
+    assert_eq!(status(&mut f, 23), S::STALL);
+    assert_eq!(w.hc.executed.iter().filter(|e| e.1 == 0x81).count(), 1);
+    // CLEAR_FEATURE(ENDPOINT_HALT) of 0x81: controller-side recovery + forwarded to the device.
+    f.send(&request(
+        24,
+        ctrl_pipe(1, 5, false),
+        [2, 1, 0, 0, 0x81, 0, 0, 0],
+        &[],
+    ));
+    w.run(&mut [&mut f]);
+    assert_eq!(status(&mut f, 24), S::OK);
+    assert!(w.hc.clear_halts.contains(&(dev, 0x81)));
+    assert_eq!(w.hc.stick(1).clear_halt_seen, vec![0x81]);
+    // The retry runs.
+    let data = bot_read(&mut w, &mut f, 1, 5, 1, 1, 30);
+    assert_eq!(data, disk(&mut w, 1, 1, 1));
+}
+
+#[test]
+fn unlink_gets_two_responses() {
+    let (mut w, mut f) = connected(true, Speed::High);
+    enumerate(&mut w, &mut f, 1, 5);
+    let (_, g) = f.page(false);
+    w.hc.hold = true;
+    let pipe = bulk_pipe(1, 5, 1, true);
+    f.send(&request(3, pipe, [0; 8], &[(g, 0, 512)]));
+    w.run(&mut [&mut f]);
+    assert_eq!(
+        w.be_stats().foreign_maps,
+        3,
+        "data page mapped while in flight"
+    );
+    let mut u = request(
+        4,
+        UsbifPipe(pipe.0 | UsbifPipe::UNLINK),
+        [3, 0, 0, 0, 0, 0, 0, 0],
+        &[],
+    );
+    u.u = [3, 0, 0, 0, 0, 0, 0, 0];
+    f.send(&u);
+    w.run(&mut [&mut f]);
+    assert_eq!(status(&mut f, 4), S::OK);
+    assert_eq!(
+        status(&mut f, 3),
+        S::IOERROR,
+        "the cancelled request is answered too"
+    );
+    assert_eq!(w.be_stats().foreign_maps, 2, "unmapped before answering");
+    // Unlinking something already answered: one response, nothing else.
+    f.send(&u);
+    w.run(&mut [&mut f]);
+    assert_eq!(status(&mut f, 4), S::OK);
+    assert!(f.responses.is_empty());
+    w.hc.hold = false;
+}
+
+#[test]
+fn hotplug_fails_in_flight_urbs_and_reannounces() {
+    let (mut w, mut f) = connected(true, Speed::High);
+    enumerate(&mut w, &mut f, 1, 5);
+    let (_, g) = f.page(false);
+    w.hc.hold = true;
+    f.send(&request(
+        40,
+        bulk_pipe(1, 5, 1, true),
+        [0; 8],
+        &[(g, 0, 512)],
+    ));
+    f.send(&request(
+        41,
+        bulk_pipe(1, 5, 1, true),
+        [0; 8],
+        &[(g, 1024, 512)],
+    ));
+    w.run(&mut [&mut f]);
+    assert!(f.responses.is_empty());
+    w.unplug(1);
+    w.run(&mut [&mut f]);
+    assert_eq!(f.speeds.get(&1), Some(&0), "disconnect announced");
+    let s40 = status(&mut f, 40);
+    let s41 = status(&mut f, 41);
+    assert_ne!(s40, S::OK);
+    assert_ne!(s41, S::OK);
+    assert_eq!(w.be_stats().foreign_maps, 2, "nothing left mapped");
+    assert_eq!(w.be.frontends()[0].in_flight, 0, "none left hanging");
+    assert!(w
+        .read(&format!("{}/data/usbdom/devices/1-1/path", home_path(BE)))
+        .is_none());
+    // Plugged again: announced again, the old guest address is gone, enumeration works.
+    w.hc.hold = false;
+    w.plug(1, Speed::Full);
+    w.run(&mut [&mut f]);
+    assert_eq!(f.speeds.get(&1), Some(&UsbifSpeed::FULL.0));
+    f.send(&request(
+        42,
+        ctrl_pipe(1, 5, true),
+        [0x80, 6, 0, 1, 0, 0, 18, 0],
+        &[(g, 0, 18)],
+    ));
+    w.run(&mut [&mut f]);
+    assert_eq!(status(&mut f, 42), S::NODEV);
+    enumerate(&mut w, &mut f, 1, 7);
+    assert_eq!(f.conn_log, vec![(1, 3), (1, 0), (1, 2)]);
+}
+
+#[test]
+fn hostile_frontend_beside_a_good_one() {
+    let (mut w, mut good) = connected(true, Speed::High);
+    w.plug(2, Speed::High);
+    w.toolstack_create(FE2, 0, 2, 2);
+    let mut bad = Frontend::new(&mut w, FE2, 0);
+    w.assign(FE2, 0, 1, "1-2");
+    w.run(&mut [&mut good, &mut bad]);
+    assert_eq!(w.be_state(FE2, 0), Some(4));
+    enumerate(&mut w, &mut good, 1, 5);
+    enumerate(&mut w, &mut bad, 1, 5);
+    let (_, g) = bad.page(false);
+    let (_, ro) = bad.page(true);
+    let pipe_in = bulk_pipe(1, 5, 1, true);
+    // Bad grant reference.
+    bad.send(&request(10, pipe_in, [0; 8], &[(GrantRef(999), 0, 512)]));
+    // Segment crossing its page.
+    bad.send(&request(11, pipe_in, [0; 8], &[(g, 4000, 200)]));
+    // Too many segments (the count field lies beyond the array).
+    let mut r = request(12, pipe_in, [0; 8], &[(g, 0, 16)]);
+    r.nr_buffer_segs = 17;
+    bad.send(&r);
+    // Overlapping segments of one page.
+    bad.send(&request(13, pipe_in, [0; 8], &[(g, 0, 512), (g, 256, 512)]));
+    // Length mismatch.
+    let mut r = request(14, pipe_in, [0; 8], &[(g, 0, 512)]);
+    r.buffer_length = 1024;
+    bad.send(&r);
+    // Port not assigned to it, port beyond num-ports, reserved pipe bits.
+    bad.send(&request(
+        15,
+        bulk_pipe(2, 5, 1, true),
+        [0; 8],
+        &[(g, 0, 512)],
+    ));
+    bad.send(&request(
+        16,
+        bulk_pipe(9, 5, 1, true),
+        [0; 8],
+        &[(g, 0, 512)],
+    ));
+    bad.send(&request(
+        17,
+        UsbifPipe(pipe_in.0 | 1 << 20),
+        [0; 8],
+        &[(g, 0, 512)],
+    ));
+    // IN transfer into a read-only grant.
+    bad.send(&request(18, pipe_in, [0; 8], &[(ro, 0, 512)]));
+    w.run(&mut [&mut good, &mut bad]);
+    for id in 10..=18u16 {
+        let s = status(&mut bad, id);
+        assert!(s == S::INVAL || s == S::NODEV, "request {id}: {s:?}");
+    }
+    // Duplicate id while the first is in flight: the duplicate is refused.
+    w.hc.hold = true;
+    bad.send(&request(19, pipe_in, [0; 8], &[(g, 0, 512)]));
+    bad.send(&request(19, pipe_in, [0; 8], &[(g, 1024, 512)]));
+    w.run(&mut [&mut good, &mut bad]);
+    let r = bad.take(19);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].status, S::INVAL);
+    w.hc.hold = false;
+    w.run(&mut [&mut good, &mut bad]);
+    assert_eq!(status(&mut bad, 19), S::OK);
+    // The good frontend is unaffected so far.
+    let data = bot_read(&mut w, &mut good, 1, 5, 2, 4, 60);
+    assert_eq!(data, disk(&mut w, 1, 2, 4));
+    // Ring-index overflow: the hostile frontend is disconnected alone.
+    let rp = bad.urb.as_ref().unwrap().ring_page().clone();
+    let rsp_prod = rp.read_u32(8).unwrap();
+    rp.write_u32(0, rsp_prod.wrapping_add(100)).unwrap();
+    w.run(&mut [&mut good, &mut bad]);
+    assert!(
+        matches!(w.be_state(FE2, 0), Some(5) | Some(6)),
+        "hostile frontend closed"
+    );
+    assert_eq!(w.be_state(FE, 0), Some(4));
+    assert_eq!(
+        w.be_stats().foreign_maps,
+        2,
+        "only the good frontend's rings stay mapped"
+    );
+    let data = bot_read(&mut w, &mut good, 1, 5, 20, 8, 70);
+    assert_eq!(data, disk(&mut w, 1, 20, 8));
+    assert_eq!(w.be.stats().protocol_failures, 1);
+}
+
+#[test]
+fn frontend_death_mid_transfer_leaks_nothing_and_a_new_frontend_is_served() {
+    let (mut w, mut f) = connected(true, Speed::High);
+    enumerate(&mut w, &mut f, 1, 5);
+    let (_, g) = f.page(false);
+    w.hc.hold = true;
+    f.send(&request(
+        50,
+        bulk_pipe(1, 5, 1, true),
+        [0; 8],
+        &[(g, 0, 512)],
+    ));
+    f.send(&request(
+        51,
+        bulk_pipe(1, 5, 1, true),
+        [0; 8],
+        &[(g, 512, 512)],
+    ));
+    w.run(&mut [&mut f]);
+    assert_eq!(w.be_stats().foreign_maps, 4);
+    // The domain dies: Xen tears it down, xenstored removes its home.
+    w.sim.destroy_domain(DomId(FE));
+    w.server.borrow_mut().remove_domain(FE);
+    w.run(&mut []);
+    assert_eq!(w.be_state(FE, 0), Some(6));
+    let st = w.be_stats();
+    assert_eq!(st.foreign_maps, 0, "every grant unmapped");
+    assert_eq!(st.ports_open, 0, "event channel closed");
+    assert_eq!(st.pages, 0, "no page kept");
+    assert_eq!(w.be.draining(), 0);
+    assert_eq!(w.hc.queued(), 0, "transfers cancelled in the controller");
+    // libxl then closes the device: online=0, state=5; the backend removes its directory.
+    let be = World::be_path(FE, 0);
+    w.server
+        .borrow_mut()
+        .admin_write(&format!("{be}/online"), b"0", &[]);
+    w.server
+        .borrow_mut()
+        .admin_write(&format!("{be}/state"), b"5", &[]);
+    w.run(&mut []);
+    assert!(w.read(&be).is_none(), "backend directory removed");
+    assert!(w.be.frontends().is_empty());
+    // The device is free for the next frontend.
+    w.hc.hold = false;
+    w.toolstack_create(7, 0, 2, 2);
+    let mut f7 = Frontend::new(&mut w, 7, 0);
+    w.assign(7, 0, 2, "1-1");
+    w.run(&mut [&mut f7]);
+    assert_eq!(f7.speeds.get(&2), Some(&UsbifSpeed::HIGH.0));
+    enumerate(&mut w, &mut f7, 2, 3);
+    let data = bot_read(&mut w, &mut f7, 2, 3, 5, 2, 80);
+    assert_eq!(data, disk(&mut w, 1, 5, 2));
+}
+
+#[test]
+fn frontend_close_and_reconnect() {
+    let (mut w, mut f) = connected(true, Speed::High);
+    f.set_state(5);
+    w.run(&mut [&mut f]);
+    assert_eq!(w.be_state(FE, 0), Some(6));
+    assert_eq!(f.state(), 6);
+    assert_eq!(w.be_stats().foreign_maps, 0);
+    // xen-hcd loaded again: the frontend frees its old rings and starts over.
+    let urb = f.urb.take().unwrap();
+    let conn = f.conn.take().unwrap();
+    assert!(urb.close(&mut f.dom).is_ok(), "backend released the ring");
+    assert!(conn.close(&mut f.dom).is_ok());
+    f.speeds.clear();
+    f.set_state(1);
+    w.run(&mut [&mut f]);
+    assert_eq!(w.be_state(FE, 0), Some(4));
+    assert_eq!(
+        f.speeds.get(&1),
+        Some(&UsbifSpeed::HIGH.0),
+        "devices announced again"
+    );
+    enumerate(&mut w, &mut f, 1, 4);
+}
+
+#[test]
+fn a_device_is_exported_on_one_port_only_and_clearing_detaches() {
+    let (mut w, mut f) = connected(true, Speed::High);
+    w.toolstack_create(FE2, 0, 2, 2);
+    let mut g = Frontend::new(&mut w, FE2, 0);
+    w.assign(FE2, 0, 2, "1-1");
+    w.run(&mut [&mut f, &mut g]);
+    assert_eq!(w.be_state(FE2, 0), Some(4));
+    assert!(g.speeds.is_empty(), "second claim refused");
+    assert_eq!(
+        w.read(&format!(
+            "{}/data/usbdom/devices/1-1/assigned",
+            home_path(BE)
+        ))
+        .as_deref(),
+        Some("5/0/1")
+    );
+    w.assign(FE, 0, 1, "");
+    w.run(&mut [&mut f, &mut g]);
+    assert_eq!(f.speeds.get(&1), Some(&0));
+    assert_eq!(
+        w.read(&format!(
+            "{}/data/usbdom/devices/1-1/assigned",
+            home_path(BE)
+        ))
+        .as_deref(),
+        Some("")
+    );
+    // Garbage in port/N is ignored.
+    w.assign(FE, 0, 2, "1-1.x");
+    w.run(&mut [&mut f, &mut g]);
+    assert_eq!(
+        w.be.frontends()
+            .iter()
+            .find(|i| i.frontend == FE)
+            .unwrap()
+            .assigned,
+        vec![]
+    );
+}
+
+#[test]
+fn invalid_controllers_are_not_served() {
+    for (ports, ver) in [(0u32, 2u32), (32, 2), (4, 3), (4, 0)] {
+        let mut w = World::new(true);
+        w.toolstack_create(FE, 0, ports, ver);
+        let mut f = Frontend::new(&mut w, FE, 0);
+        w.run(&mut [&mut f]);
+        assert_eq!(w.be_state(FE, 0), Some(6), "ports {ports} ver {ver}");
+        assert!(w.be.frontends().is_empty());
+    }
+}
+
+#[test]
+fn frontend_initialised_state_also_connects() {
+    let mut w = World::new(true);
+    w.plug(1, Speed::Low);
+    w.toolstack_create(FE, 0, 1, 1);
+    let mut f = Frontend::new(&mut w, FE, 0);
+    f.auto_connect = false;
+    w.assign(FE, 0, 1, "1-1");
+    w.run(&mut [&mut f]);
+    assert_eq!(w.be_state(FE, 0), Some(2));
+    f.connect();
+    f.set_state(3);
+    w.run(&mut [&mut f]);
+    assert_eq!(w.be_state(FE, 0), Some(4));
+    assert_eq!(f.speeds.get(&1), Some(&UsbifSpeed::LOW.0));
+}
+
+#[test]
+fn superspeed_device_is_shown_as_high_speed() {
+    let (mut w, mut f) = connected(true, Speed::Super);
+    assert_eq!(f.speeds.get(&1), Some(&UsbifSpeed::HIGH.0));
+    let (pi, g) = f.page(false);
+    f.send(&request(
+        1,
+        ctrl_pipe(1, 0, true),
+        [0x80, 6, 0, 1, 0, 0, 18, 0],
+        &[(g, 0, 18)],
+    ));
+    f.send(&request(
+        2,
+        ctrl_pipe(1, 0, true),
+        [0x80, 6, 0, 2, 0, 0, 32, 0],
+        &[(g, 100, 32)],
+    ));
+    w.run(&mut [&mut f]);
+    assert_eq!(status(&mut f, 1), S::OK);
+    assert_eq!(status(&mut f, 2), S::OK);
+    let mut d = [0u8; 18];
+    f.page_mem(pi).read_bytes(0, &mut d).unwrap();
+    assert_eq!(u16::from_le_bytes([d[2], d[3]]), 0x0210);
+    assert_eq!(d[7], 64);
+    let mut c = [0u8; 32];
+    f.page_mem(pi).read_bytes(100, &mut c).unwrap();
+    assert_eq!(u16::from_le_bytes([c[22], c[23]]), 512);
+    assert_eq!(u16::from_le_bytes([c[29], c[30]]), 512);
+}
