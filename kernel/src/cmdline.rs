@@ -8,3 +8,15 @@ pub fn get<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
         (k == key).then_some(v)
     })
 }
+
+static CURRENT: hermit_sync::OnceCell<&'static str> = hermit_sync::OnceCell::new();
+
+/// Record the boot command line (once, at entry).
+pub fn set(cmdline: &'static str) {
+    let _ = CURRENT.set(cmdline);
+}
+
+/// The boot command line ("" before [`set`]).
+pub fn current() -> &'static str {
+    CURRENT.get().copied().unwrap_or("")
+}

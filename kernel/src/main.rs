@@ -29,6 +29,7 @@ mod pv;
 mod selftest;
 #[allow(dead_code)]
 mod time;
+mod xen;
 
 use platform::Kind;
 
@@ -52,6 +53,7 @@ pub extern "C" fn usbdom_pvh_main(start_info_pa: u64) -> ! {
         log::error!(target: "error", "bad hvm_start_info at {start_info_pa:#x}: not started through PVH?");
         exit::exit(exit::Exit::Crash);
     };
+    cmdline::set(info.cmdline);
     log::info!(target: "usbdom",
         "image {img_start:#x}..{img_end:#x}, TSC {} MHz, cmdline '{}'", khz / 1000, info.cmdline);
     // DMA pool: up to 16 MiB of the RAM after the image.
@@ -62,7 +64,7 @@ pub extern "C" fn usbdom_pvh_main(start_info_pa: u64) -> ! {
         platform::pvh::dma_pool_free_pages());
     let platform = platform::pvh::PvhPlatform::new();
     if let Some(name) = cmdline::get(info.cmdline, "usbdom.selftest") {
-        selftest::run(name, info.cmdline, &platform);
+        selftest::run(name, &platform);
     }
     log::info!(target: "usbdom", "ready");
     log::info!(target: "usbdom", "no service under PVH without a self-test: shutdown (poweroff)");
@@ -85,12 +87,14 @@ pub extern "C" fn usbdom_xen_pv_main(start_info: *const u8) -> ! {
     let si_info = pv::boot_xen(&si);
     banner(Kind::XenPv);
     log::info!(target: "usbdom", "{si_info}");
-    log::info!(target: "usbdom", "cmdline '{}'", si.cmdline());
     let cmdline: &'static str = alloc::string::String::from(si.cmdline()).leak();
-    if let Some(name) = cmdline::get(cmdline, "usbdom.selftest") {
-        selftest::run_core(name, cmdline);
+    cmdline::set(cmdline);
+    log::info!(target: "usbdom", "cmdline '{cmdline}'");
+    let selftest = cmdline::get(cmdline, "usbdom.selftest");
+    if let Some(name) = selftest.filter(|n| selftest::is_core(n)) {
+        selftest::run_core(name);
     }
-    log::warn!(target: "usbdom", "Xen platform (pcifront, BARs, interrupts) not built yet");
-    log::info!(target: "usbdom", "shutdown (poweroff)");
-    exit::exit(exit::Exit::Poweroff)
+    // Everything Xen-specific beyond boot, console, time, memory and the event loop: xenstore,
+    // pcifront, BARs, interrupts, DMA, the service loop and `xl shutdown`.
+    xen::run(&si, selftest)
 }

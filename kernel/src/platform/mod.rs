@@ -26,7 +26,7 @@ pub mod pci;
 pub mod pvh;
 pub mod regs;
 
-pub use pci::{Bar, PciFunction};
+pub use pci::{Bar, PciAddress, PciFunction};
 pub use regs::{MmioRegs, PortRegs, Regs};
 
 use hal::HalError;

@@ -80,17 +80,26 @@ fn start(name: &'static str) {
     log::info!(target: "selftest", "running self-test {name} on {kind}");
 }
 
-/// Run self-test `name` (from `cmdline`) and exit with its verdict.
-pub fn run<P: Platform>(name: &'static str, cmdline: &str, platform: &P) -> ! {
+/// Run self-test `name` and exit with its verdict. Self-tests read their options from the boot
+/// command line (`crate::cmdline::current()`).
+pub fn run<P: Platform>(name: &'static str, platform: &P) -> ! {
     start(name);
-    finish(name, dispatch(name, cmdline, platform))
+    finish(name, dispatch(name, crate::cmdline::current(), platform))
 }
 
-/// Run a self-test that needs no platform (used on Xen before the Xen platform is up).
-pub fn run_core(name: &'static str, cmdline: &str) -> ! {
+/// Whether `name` is a self-test that needs no platform (`unit`, `pvmm`).
+pub fn is_core(name: &str) -> bool {
+    matches!(name, "unit" | "pvmm")
+}
+
+/// Run a self-test that needs no platform (kernel core only).
+pub fn run_core(name: &'static str) -> ! {
     start(name);
-    let r = dispatch_core(name, cmdline)
-        .unwrap_or_else(|| Err(format!("self-test '{name}' needs a platform, none is available here")));
+    let r = dispatch_core(name, crate::cmdline::current()).unwrap_or_else(|| {
+        Err(format!(
+            "self-test '{name}' needs a platform, none is available here"
+        ))
+    });
     finish(name, r)
 }
 
