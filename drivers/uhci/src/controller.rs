@@ -665,7 +665,9 @@ impl<P: Platform> Uhci<P> {
         let mut port_to_disable = None;
         {
             let d = self.devices.get_mut(&dev).expect("exists");
-            let root = d.info.route.root_port;
+            // A device on a root port is cut off there; one behind a hub is the hub driver's
+            // business (its downstream port), the root port serves the other devices too.
+            let root = (d.info.route.depth == 0).then_some(d.info.route.root_port);
             let ep = d.endpoints.get_mut(&key).expect("exists");
             ep.active = false;
             ep.queue.pop_front();
@@ -681,7 +683,7 @@ impl<P: Platform> Uhci<P> {
                     ep.halted = true;
                 }
                 if e == HcError::Babble {
-                    port_to_disable = Some(root);
+                    port_to_disable = root;
                 }
             }
         }

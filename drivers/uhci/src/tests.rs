@@ -1012,3 +1012,37 @@ mod random {
         }
     }
 }
+
+#[test]
+fn babble_behind_a_hub_leaves_the_root_port_alone() {
+    let (sim, mut hc) = start();
+    // The sim does not model hubs: the device answers on root port 1, the driver believes it
+    // sits on port 3 of a hub there.
+    let dev = new_dev(false);
+    enumerate(&sim, &mut hc, 1, &dev);
+    let behind = hc
+        .create_device(&DeviceInfo {
+            route: Route::root(1).child(3).unwrap(),
+            speed: Speed::Full,
+            tt: None,
+        })
+        .unwrap();
+    hc.configure_endpoints(behind, &[ep_info(BULK_IN, TransferType::Bulk, 64, 0)])
+        .unwrap();
+    // Both driver devices talk to address 1; the transfer goes to the "hub child" handle.
+    dev.borrow_mut().addr = 0;
+    dev.borrow_mut().faults.push_back((1, PID_IN, Resp::Babble));
+    let a = dma(&sim).alloc(64, 64).unwrap();
+    let t = submit(
+        &mut hc,
+        behind,
+        BULK_IN,
+        &[seg(&a, 64)],
+        TransferFlags::empty(),
+    );
+    assert_eq!(wait_done(&sim, &mut hc, t).result, Err(HcError::Babble));
+    assert!(
+        hc.port_status(1).unwrap().enabled,
+        "root port still serves the hub"
+    );
+}
