@@ -1,4 +1,172 @@
-fn main() {
-    eprintln!("usbdom: not written yet");
-    std::process::exit(2);
+//! `usbdom`: the dom0 command-line tool of usbdom.
+//!
+//! ```text
+//! usbdom list [--backend DOM]
+//! usbdom create-controller <frontend-domid> [--ports N] [--version 1|2] [--backend DOM]
+//! usbdom attach <frontend> <port> <device-path> [--controller DEVID] [--backend DOM]
+//! usbdom detach <frontend> <port> [--controller DEVID] [--backend DOM]
+//! usbdom status [--backend DOM]
+//! ```
+//! `xl` cannot connect a PV USB controller to a driver domain (it has no `backend=` for usbctrl and
+//! libxl refuses `usbdev` for non-dom0 backends; `../shared/reference/pvusb-protocol.md` §2.4), so
+//! this tool writes the xenstore nodes itself. DOM is a domain id or name; the default backend is
+//! the domain named `usbdom`. Errors print one line and exit with status 1 (2 for usage errors).
+
+mod tool;
+mod transport;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use tool::{Tool, ToolError};
+use transport::XsStream;
+use xenidc::xenstore::Client;
+
+const USAGE: &str = "usage:
+  usbdom list [--backend DOM]
+  usbdom create-controller <frontend-domid> [--ports N] [--version 1|2] [--backend DOM]
+  usbdom attach <frontend> <port> <device-path> [--controller DEVID] [--backend DOM]
+  usbdom detach <frontend> <port> [--controller DEVID] [--backend DOM]
+  usbdom status [--backend DOM]
+options: --xenstore PATH (default: /dev/xen/xenbus, then the xenstored socket)";
+
+/// Parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Args {
+    pub cmd: String,
+    pub pos: Vec<String>,
+    pub backend: Option<String>,
+    pub ports: u32,
+    pub version: u32,
+    pub controller: u32,
+    pub xenstore: Option<String>,
 }
+
+/// Parse arguments (without the program name).
+pub fn parse_args(argv: &[String]) -> Result<Args, String> {
+    let mut a = Args {
+        cmd: String::new(),
+        pos: Vec::new(),
+        backend: None,
+        ports: 8,
+        version: 2,
+        controller: 0,
+        xenstore: None,
+    };
+    let mut it = argv.iter();
+    while let Some(x) = it.next() {
+        let mut val = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
+        let num = |name: &str, v: String| {
+            v.parse::<u32>()
+                .map_err(|_| format!("{name}: not a number: {v}"))
+        };
+        match x.as_str() {
+            "--backend" => a.backend = Some(val("--backend")?),
+            "--ports" => a.ports = num("--ports", val("--ports")?)?,
+            "--version" => a.version = num("--version", val("--version")?)?,
+            "--controller" => a.controller = num("--controller", val("--controller")?)?,
+            "--xenstore" => a.xenstore = Some(val("--xenstore")?),
+            "-h" | "--help" => return Err(String::new()),
+            s if s.starts_with("--") => return Err(format!("unknown option {s}")),
+            s if a.cmd.is_empty() => a.cmd = s.to_string(),
+            s => a.pos.push(s.to_string()),
+        }
+    }
+    let want = match a.cmd.as_str() {
+        "list" | "status" => 0,
+        "create-controller" => 1,
+        "attach" => 3,
+        "detach" => 2,
+        "" => return Err("no command".into()),
+        c => return Err(format!("unknown command {c}")),
+    };
+    if a.pos.len() != want {
+        return Err(format!(
+            "{}: expected {want} arguments, got {}",
+            a.cmd,
+            a.pos.len()
+        ));
+    }
+    Ok(a)
+}
+
+/// Run a parsed command; returns what to print.
+pub fn run<T: xenidc::xenstore::Transport>(t: &mut Tool<T>, a: &Args) -> Result<String, ToolError> {
+    let be = t.backend(a.backend.as_deref())?;
+    let port = |s: &str| {
+        s.parse::<u32>()
+            .map_err(|_| ToolError::BadArgument(format!("port: not a number: {s}")))
+    };
+    match a.cmd.as_str() {
+        "list" => t.list(be),
+        "status" => t.status(be),
+        "create-controller" => {
+            let fe = t.domain(&a.pos[0])?;
+            let devid = t.create_controller(fe, be, a.ports, a.version)?;
+            Ok(format!(
+                "created controller {devid} for domain {fe} ({} ports, USB {}) served by domain {be}\n",
+                a.ports,
+                if a.version == 1 { "1.1" } else { "2.0" }
+            ))
+        }
+        "attach" => {
+            let fe = t.domain(&a.pos[0])?;
+            let p = port(&a.pos[1])?;
+            t.attach(fe, a.controller, p, &a.pos[2], be)?;
+            Ok(format!(
+                "attached {} to domain {fe} controller {} port {p}\n",
+                a.pos[2], a.controller
+            ))
+        }
+        "detach" => {
+            let fe = t.domain(&a.pos[0])?;
+            let p = port(&a.pos[1])?;
+            let was = t.detach(fe, a.controller, p, be)?;
+            Ok(format!(
+                "detached {was} from domain {fe} controller {} port {p}\n",
+                a.controller
+            ))
+        }
+        _ => unreachable!("checked by parse_args"),
+    }
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let args = match parse_args(&argv) {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("usbdom: {e}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let (stream, _path) = match XsStream::open(args.xenstore.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("usbdom: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let wait = Box::new(move || {
+        std::thread::sleep(Duration::from_millis(1));
+        Instant::now() < deadline
+    });
+    let mut t = Tool::new(Client::new(stream), wait);
+    match run(&mut t, &args) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("usbdom: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
