@@ -3,14 +3,16 @@
 //! `../shared/reference/pvusb-protocol.md`).
 //!
 //! [`Backend`] is generic over the [`Hypervisor`] (real Xen or the simulated one of the host tests)
-//! and over the xenstore [`Transport`]; its methods that touch the controller take any
+//! and over its xenstore access ([`Store`]); its methods that touch the controller take any
 //! [`HostController`] (xHCI, UHCI, or a fake). It contains no raw ring or grant code: it uses
 //! xenidc's [`Connection`] (urb ring + data-buffer mapper) and, for the conn ring that shares the
 //! urb ring's event channel, the thin adapter in [`shared_ring`].
 //!
 //! # What the owner (the kernel's event loop) does
 //! - [`Backend::start`] once;
-//! - when the xenstore port fires: [`Backend::process_xenstore`];
+//! - when the xenstore port fires: [`Backend::process_xenstore`] (the backend's [`Store`] takes
+//!   the events), or, when the owner shares one xenstore connection and dispatches events itself,
+//!   [`Backend::handle_events`] with the events whose token [`Backend::owns_token`];
 //! - when any other port fires: [`Backend::process_rings`] (all connected frontends are served;
 //!   there are few);
 //! - for each controller event: a [`HcEvent::Transfer`](usb_core::hc::HcEvent) goes to
@@ -45,13 +47,13 @@ pub mod link;
 pub mod path;
 pub mod ratelimit;
 pub mod shared_ring;
+pub mod store;
 pub mod superspeed;
 pub mod urb;
 
 #[cfg(test)]
 mod tests;
 
-use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -65,10 +67,11 @@ use xenidc::abi::usbif::{UsbifSpeed, MAX_PORTNR, MAX_SEGMENTS_PER_REQUEST};
 use xenidc::abi::{DomId, GrantRef, Port};
 use xenidc::channel::Connection;
 use xenidc::hypervisor::Hypervisor;
-use xenidc::xenstore::{Client, Transport, TxId};
+use xenidc::xenstore::WatchEvent;
 
 pub use link::{LinkStats, VPort};
 pub use path::PortPath;
+pub use store::{ClientStore, Store, StoreError};
 
 use link::{Env, Link};
 use ratelimit::RateLimit;
@@ -139,7 +142,7 @@ impl PhysDevice {
 /// Errors of the backend (its own xenstore connection failing; peer errors never surface here).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendError {
-    Xenstore(xenidc::xenstore::Error),
+    Xenstore(StoreError),
 }
 
 impl fmt::Display for BackendError {
@@ -150,8 +153,8 @@ impl fmt::Display for BackendError {
     }
 }
 
-impl From<xenidc::xenstore::Error> for BackendError {
-    fn from(e: xenidc::xenstore::Error) -> Self {
+impl From<StoreError> for BackendError {
+    fn from(e: StoreError) -> Self {
         BackendError::Xenstore(e)
     }
 }
@@ -196,10 +199,9 @@ pub struct Stats {
 }
 
 /// The PVUSB backend. See the [crate documentation](crate).
-pub struct Backend<H: Hypervisor, T: Transport> {
+pub struct Backend<H: Hypervisor, S: Store> {
     hv: H,
-    xs: Client<T>,
-    wait: Box<dyn FnMut() -> bool>,
+    xs: S,
     cfg: Config,
     devices: BTreeMap<PortPath, PhysDevice>,
     claims: BTreeMap<PortPath, (Key, u8)>,
@@ -228,14 +230,12 @@ fn speed_name(s: Speed) -> &'static str {
     }
 }
 
-impl<H: Hypervisor, T: Transport> Backend<H, T> {
-    /// A backend over hypervisor `hv` and xenstore client `xs`. `wait` is called while a xenstore
-    /// reply is outstanding (block on the xenstore port; return false to give up).
-    pub fn new(hv: H, xs: Client<T>, wait: Box<dyn FnMut() -> bool>, cfg: Config) -> Self {
+impl<H: Hypervisor, S: Store> Backend<H, S> {
+    /// A backend over hypervisor `hv` and xenstore access `xs`.
+    pub fn new(hv: H, xs: S, cfg: Config) -> Self {
         Backend {
             hv,
             xs,
-            wait,
             cfg,
             devices: BTreeMap::new(),
             claims: BTreeMap::new(),
@@ -254,7 +254,7 @@ impl<H: Hypervisor, T: Transport> Backend<H, T> {
     pub fn hv_mut(&mut self) -> &mut H {
         &mut self.hv
     }
-    pub fn xenstore(&mut self) -> &mut Client<T> {
+    pub fn xenstore(&mut self) -> &mut S {
         &mut self.xs
     }
     pub fn stats(&self) -> Stats {
@@ -299,34 +299,35 @@ impl<H: Hypervisor, T: Transport> Backend<H, T> {
     // --- xenstore helpers ----------------------------------------------------------------------
 
     fn xs_read(&mut self, path: &str) -> Result<Option<String>, BackendError> {
-        match self.xs.read_string(TxId::NONE, path, &mut self.wait) {
-            Ok(s) => Ok(Some(s)),
-            Err(e) if e.is_enoent() => Ok(None),
-            Err(xenidc::xenstore::Error::Remote { .. }) => Ok(None),
-            Err(xenidc::xenstore::Error::BadReply { .. }) => Ok(None),
+        match self.xs.read(path) {
+            Ok(v) => Ok(v),
+            // Refused (e.g. a dead frontend's directory): as good as absent.
+            Err(StoreError::Refused(_)) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
 
     fn xs_write(&mut self, path: &str, value: &str) -> Result<(), BackendError> {
-        match self
-            .xs
-            .write(TxId::NONE, path, value.as_bytes(), &mut self.wait)
-        {
-            Ok(()) => Ok(()),
-            Err(e @ xenidc::xenstore::Error::Remote { .. }) => {
+        match self.xs.write(path, value) {
+            Err(StoreError::Refused(e)) => {
                 log::warn!("pvusb: writing {path}: {e}");
                 Ok(())
             }
-            Err(e) => Err(e.into()),
+            r => Ok(r?),
         }
     }
 
     fn xs_rm(&mut self, path: &str) -> Result<(), BackendError> {
-        match self.xs.rm(TxId::NONE, path, &mut self.wait) {
-            Ok(()) => Ok(()),
-            Err(xenidc::xenstore::Error::Remote { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
+        match self.xs.rm(path) {
+            Err(StoreError::Refused(_)) => Ok(()),
+            r => Ok(r?),
+        }
+    }
+
+    fn xs_dir(&mut self, path: &str) -> Result<Vec<String>, BackendError> {
+        match self.xs.directory(path) {
+            Err(StoreError::Refused(_)) => Ok(Vec::new()),
+            r => Ok(r?),
         }
     }
 
@@ -348,17 +349,34 @@ impl<H: Hypervisor, T: Transport> Backend<H, T> {
     /// Watch `backend/vusb` and publish the device list directory.
     pub fn start(&mut self) -> Result<(), BackendError> {
         self.xs_rm(DEVICES_DIR)?;
-        self.xs.mkdir(TxId::NONE, DEVICES_DIR, &mut self.wait)?;
-        self.xs.watch("backend/vusb", WATCH_TOKEN, &mut self.wait)?;
+        self.xs.mkdir(DEVICES_DIR)?;
+        self.xs.watch("backend/vusb", WATCH_TOKEN)?;
         Ok(())
     }
 
-    /// Handle xenstore traffic: watch events lead to re-reading the devices concerned.
+    /// Whether a watch event with `token` is the backend's (for an owner that shares its
+    /// xenstore connection and dispatches events itself).
+    pub fn owns_token(&self, token: &str) -> bool {
+        token == WATCH_TOKEN || self.vusbs.values().any(|v| v.token == token)
+    }
+
+    /// Take the xenstore events from the backend's [`Store`] and handle them.
     pub fn process_xenstore<C: HostController>(&mut self, hc: &mut C) -> Result<(), BackendError> {
-        self.xs.poll()?;
+        let (events, lost) = self.xs.take_events()?;
+        self.handle_events(hc, &events, lost)
+    }
+
+    /// Handle watch events (those whose token [`Backend::owns_token`]); `lost`: some events
+    /// were lost, rescan everything.
+    pub fn handle_events<C: HostController>(
+        &mut self,
+        hc: &mut C,
+        events: &[WatchEvent],
+        lost: bool,
+    ) -> Result<(), BackendError> {
         let mut keys: Vec<Key> = Vec::new();
-        let mut rescan = self.xs.take_events_lost() > 0;
-        while let Some(ev) = self.xs.next_event() {
+        let mut rescan = lost;
+        for ev in events {
             if ev.token == WATCH_TOKEN {
                 let rest = ev
                     .path
@@ -393,25 +411,11 @@ impl<H: Hypervisor, T: Transport> Backend<H, T> {
 
     fn scan_keys(&mut self) -> Result<Vec<Key>, BackendError> {
         let mut out = Vec::new();
-        let fes = match self
-            .xs
-            .directory(TxId::NONE, "backend/vusb", &mut self.wait)
-        {
-            Ok(v) => v,
-            Err(e) if e.errno().is_some() => return Ok(out),
-            Err(e) => return Err(e.into()),
-        };
-        for fe in fes {
+        for fe in self.xs_dir("backend/vusb")? {
             let Some(feid) = parse_dec(&fe).filter(|&f| f <= u16::MAX as u32) else {
                 continue;
             };
-            let path = format!("backend/vusb/{fe}");
-            let devs = match self.xs.directory(TxId::NONE, &path, &mut self.wait) {
-                Ok(v) => v,
-                Err(e) if e.errno().is_some() => continue,
-                Err(e) => return Err(e.into()),
-            };
-            for d in devs {
+            for d in self.xs_dir(&format!("backend/vusb/{fe}"))? {
                 if let Some(devid) = parse_dec(&d) {
                     out.push((feid as u16, devid));
                 }
@@ -517,8 +521,7 @@ impl<H: Hypervisor, T: Transport> Backend<H, T> {
         }
         let num_ports = num_ports.unwrap() as u8;
         let token = format!("fe/{}/{}", key.0, key.1);
-        self.xs
-            .watch(&format!("{expect}/state"), &token, &mut self.wait)?;
+        self.xs.watch(&format!("{expect}/state"), &token)?;
         self.vusbs.insert(
             key,
             Vusb {
@@ -660,9 +663,7 @@ impl<H: Hypervisor, T: Transport> Backend<H, T> {
                 }
             }
         }
-        let _ = self
-            .xs
-            .unwatch(&format!("{}/state", v.fe), &v.token, &mut self.wait);
+        let _ = self.xs.unwatch(&format!("{}/state", v.fe), &v.token);
         log::info!("pvusb: vusb {}/{}: removed", key.0, key.1);
         Ok(())
     }

@@ -19,7 +19,7 @@ use xenidc::sim::{Sim, SimDomain};
 use xenidc::xenstore::server::{home_path, Server, SimTransport};
 use xenidc::xenstore::{Access, Client, Perm, TxId};
 
-use crate::{Backend, Config, PhysDevice, PortPath};
+use crate::{Backend, ClientStore, Config, PhysDevice, PortPath};
 
 pub const BE: u16 = 1;
 
@@ -34,7 +34,7 @@ fn nowait() -> Box<dyn FnMut() -> bool> {
 pub struct World {
     pub sim: Sim,
     pub server: Rc<RefCell<Server>>,
-    pub be: Backend<RecHv, SimTransport>,
+    pub be: Backend<RecHv, ClientStore<SimTransport>>,
     pub hc: FakeHc,
 }
 
@@ -52,8 +52,7 @@ impl World {
         let xs = Client::new(SimTransport::connect(&server, BE));
         let mut be = Backend::new(
             hv,
-            xs,
-            nowait(),
+            ClientStore::new(xs, nowait()),
             Config {
                 controller: 1,
                 zero_copy,
