@@ -4,7 +4,7 @@
 . /tests/lib.sh
 xt_up; rc=$?
 if [ $rc = 0 ] && [ -x /tests/user.sh ]; then
-  export XT_NAME XT_BDF XT_DOMID=$(xl domid "$XT_NAME")
+  export XT_NAME XT_BDF XT_DOMID=$(xlt domid "$XT_NAME")
   xt "user script start"
   timeout "${XT_USER_TIMEOUT:-300}" /tests/user.sh; urc=$?
   xt "user script rc=$urc"

@@ -8,6 +8,8 @@ XT_CREATE_TIMEOUT=${XT_CREATE_TIMEOUT:-120}
 CONSOLE_DIR=/var/log/xen/console
 
 xt() { echo "XT: $*"; }
+# xl with a bound: a wedged toolstack must not hang a step.
+xlt() { timeout "${XT_XL_TIMEOUT:-30}" xl "$@"; }
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 elapsed() { awk -v a="$1" -v b="$(uptime_s)" 'BEGIN{printf "%.1f", b-a}'; }
 
@@ -64,7 +66,7 @@ CFG
   rc=$(cat /tmp/$name.create.rc)
   xt "xl create rc=$rc (took $(elapsed $t0)s)"
   if [ "$rc" != 0 ]; then tail -30 /tmp/$name.create.log; return 1; fi
-  xt "domid of $name: $(xl domid $name 2>/dev/null)"
+  xt "domid of $name: $(xlt domid $name 2>/dev/null)"
   return 0
 }
 
@@ -90,7 +92,7 @@ xt_wait_console() {
   for i in $(seq 1 $(($3 * 2))); do
     grep -qE "$2" "$f" 2>/dev/null && return 0
     grep -q 'PANIC at' "$f" 2>/dev/null && { xt "$1 panicked"; return 1; }
-    xl domid "$1" >/dev/null 2>&1 || { xt "$1 is gone"; return 1; }
+    xlt domid "$1" >/dev/null 2>&1 || { xt "$1 is gone"; return 1; }
     sleep 0.5
   done
   return 1
@@ -105,7 +107,7 @@ xt_start_usbdom() {
   xt_create "$XT_NAME" "${XT_MEM:-8}" "$pci"; rc=$?
   if [ $rc = 1 ] && [ "${XT_MEM:-8}" = 8 ]; then
     xt "memory=8 did not start: retrying with memory=16"
-    xl destroy "$XT_NAME" 2>/dev/null
+    xlt destroy "$XT_NAME" 2>/dev/null
     xt_create "$XT_NAME" 16 "$pci"; rc=$?
   fi
   return $rc
@@ -116,11 +118,11 @@ xt_shutdown() {
   local t0=$(uptime_s) i
   timeout 30 xl shutdown "$1"; xt "xl shutdown $1 rc=$?"
   for i in $(seq 1 $(($2 * 2))); do
-    xl domid "$1" >/dev/null 2>&1 || { xt "domain $1 gone after shutdown ($(elapsed $t0)s)"; return 0; }
+    xlt domid "$1" >/dev/null 2>&1 || { xt "domain $1 gone after shutdown ($(elapsed $t0)s)"; return 0; }
     sleep 0.5
   done
   xt "domain $1 STILL PRESENT $2s after xl shutdown"
-  timeout 30 xl list
+  xlt list
   timeout 60 xl destroy "$1"
   return 1
 }
@@ -162,7 +164,7 @@ xt_up() {
 # xt_down: shut usbdom down cleanly and dump its console.
 xt_down() {
   local rc=0
-  if xl domid "$XT_NAME" >/dev/null 2>&1; then
+  if xlt domid "$XT_NAME" >/dev/null 2>&1; then
     xt_shutdown "$XT_NAME" "${XT_SHUTDOWN_TIMEOUT:-30}" || rc=1
   else
     xt "domain $XT_NAME was already gone before xl shutdown"; rc=1

@@ -28,7 +28,8 @@ const USAGE: &str = "usage: cargo xtask <command>
   test [host|qemu|xen|all]      run test tiers (default: all)
        [--scenario NAME]        qemu tier: only this scenario
   run [--hold SECS]             boot Xen + dom0 + usbdom with an emulated stick and show usbdom's console
-  e2e [--device DEV]... [--script FILE] [--on 'LINE=>MONITOR CMD']... [--timeout SECS]
+  e2e [--controller qemu-xhci|piix3-usb-uhci|ich9-usb-uhci1] [--device DEV]... [--script FILE]
+      [--on 'LINE=>MONITOR CMD']... [--timeout SECS]
                                 the Xen setup with extra QEMU devices, FILE run in dom0 once usbdom is
                                 up, QEMU monitor on target/e2e/monitor.sock; logs in target/e2e/
   bench                         run the exposed benchmarks (ratios from one run)";
@@ -60,6 +61,10 @@ fn main() -> ExitCode {
             while let Some(a) = it.next() {
                 let mut val = || it.next().cloned();
                 match a.as_str() {
+                    "--controller" => match val() {
+                        Some(v) => o.controller = Some(v),
+                        None => return usage("--controller needs a QEMU device name"),
+                    },
                     "--device" => match val() {
                         Some(v) => o.devices.push(v),
                         None => return usage("--device needs a value"),

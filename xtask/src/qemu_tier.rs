@@ -232,7 +232,7 @@ fn run_one(s: &Scenario, elf: &Path) -> Result<qemu::Outcome, (String, Option<qe
 
 pub fn tier(r: &mut Report, only: Option<&str>) {
     println!("==== qemu tier ====");
-    match util::ensure_packages(&["qemu-system-x86"]) {
+    match util::ensure_packages(&["qemu-system-x86", "binutils"]) {
         Ok(util::Prereq::Ready) => {}
         Ok(util::Prereq::Unavailable(why)) => return r.skip("qemu tier", why),
         Err(e) => return r.fail("qemu tier: prerequisites", e),

@@ -47,6 +47,13 @@ const BASE_RECIPE: &str = "dom0-base v1";
 const XEN_BIN: &str = "/usr/lib/xen-4.17/bin";
 /// The emulated xHCI's PCI ID (QEMU's `qemu-xhci`, Red Hat vendor ID).
 pub const XHCI_ID: &str = "1b36:000d";
+/// Controllers the harness can pass through: (QEMU device, PCI ID).
+pub const CONTROLLERS: &[(&str, &str)] = &[
+    ("qemu-xhci", XHCI_ID),
+    ("piix3-usb-uhci", "8086:7020"),
+    ("ich9-usb-uhci1", "8086:2934"),
+];
+
 /// Domain name used for usbdom.
 pub const DOMAIN: &str = "usbdom";
 
@@ -354,6 +361,9 @@ pub struct Boot<'a> {
     pub test: &'a str,
     /// Extra `key=value` for the dom0 command line (`xt.key=value` → `$XT_KEY` in the scripts).
     pub dom0_vars: Vec<(String, String)>,
+    /// The USB controller passed through (a QEMU device of [`CONTROLLERS`]), id `usbc`, with a
+    /// `usb-storage` stick and a `usb-kbd` on it.
+    pub controller: &'a str,
     /// Extra QEMU `-device` values.
     pub devices: Vec<String>,
     pub extra_files: Vec<(String, PathBuf)>,
@@ -464,7 +474,15 @@ fn boot_once(b: &Boot, attempt: u32) -> Result<qemu::Outcome, String> {
     let stick = b.dir.join("stick.img");
     crate::qemu_tier::write_disk(&stick, "xen-stick", 16 << 20)?;
 
-    let mut d0 = format!("console=hvc0 earlyprintk=xen loglevel=6 xt.test={}", b.test);
+    let pci_id = CONTROLLERS
+        .iter()
+        .find(|(d, _)| *d == b.controller)
+        .map(|(_, id)| *id)
+        .ok_or_else(|| format!("unknown controller {}", b.controller))?;
+    let mut d0 = format!(
+        "console=hvc0 earlyprintk=xen loglevel=6 xt.test={} xt.pci_id={pci_id}",
+        b.test
+    );
     for (k, v) in &b.dom0_vars {
         d0.push_str(&format!(" xt.{k}={v}"));
     }
@@ -500,7 +518,7 @@ fn boot_once(b: &Boot, attempt: u32) -> Result<qemu::Outcome, String> {
         "-device".into(),
         "intel-iommu,intremap=on".into(),
         "-device".into(),
-        "qemu-xhci,id=usbc".into(),
+        format!("{},id=usbc", b.controller),
         "-drive".into(),
         format!("if=none,id=stick,format=raw,file={}", stick.display()),
         "-device".into(),
@@ -612,6 +630,7 @@ pub fn tier(r: &mut Report) {
         guest: &guest,
         test: "usbdom",
         dom0_vars,
+        controller: "qemu-xhci",
         devices: vec![],
         extra_files: vec![],
         dir: util::target().join("xen-tier"),
@@ -696,6 +715,7 @@ pub fn cmd_run(hold: u32) -> Result<bool, String> {
         guest: &guest,
         test: "run",
         dom0_vars,
+        controller: "qemu-xhci",
         devices: vec![],
         extra_files: vec![],
         dir: util::target().join("run"),
@@ -722,6 +742,8 @@ pub fn cmd_run(hold: u32) -> Result<bool, String> {
 /// Options of `cargo xtask e2e`.
 #[derive(Default)]
 pub struct E2e {
+    /// The controller passed through (default qemu-xhci).
+    pub controller: Option<String>,
     pub devices: Vec<String>,
     pub script: Option<PathBuf>,
     pub actions: Vec<Action>,
@@ -751,6 +773,7 @@ pub fn cmd_e2e(o: E2e) -> Result<bool, String> {
         guest: &guest,
         test: "e2e",
         dom0_vars,
+        controller: o.controller.as_deref().unwrap_or("qemu-xhci"),
         devices: o.devices,
         extra_files: extra,
         dir,
