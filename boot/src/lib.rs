@@ -146,6 +146,51 @@ pvh_long:
 5:  hlt
     jmp 5b
 
+    /* ---------------------------------------------------------------- CPU exceptions
+     * 32 stubs per flavour, 16 bytes apart: stub n at exception_stubs_pvh or _pv + 16 * n.
+     * Each pushes a dummy error code where the CPU pushes none, then the vector, and jumps to the
+     * common code, which calls usbdom_exception(vector, error, rip, is_pv) (never returns).
+     * PV: Xen's 64-bit bounce frame has %rcx and %r11 on top of the hardware frame; pop them. */
+    .macro exception_stubs common, pv
+        .set vec, 0
+        .rept 32
+            .p2align 4
+            .if \pv
+                pop %rcx
+                pop %r11
+            .endif
+            .if ((0x60227d00 >> vec) & 1) == 0
+                push $0
+            .endif
+            push $vec
+            jmp \common
+            .set vec, vec + 1
+        .endr
+    .endm
+
+    .section .text.exceptions, "ax", @progbits
+    .p2align 4
+    .global exception_stubs_pvh
+exception_stubs_pvh:
+    exception_stubs exception_common_pvh, 0
+    .p2align 4
+    .global exception_stubs_pv
+exception_stubs_pv:
+    exception_stubs exception_common_pv, 1
+
+exception_common_pvh:
+    xor %ecx, %ecx
+    jmp 6f
+exception_common_pv:
+    mov $1, %ecx
+6:  mov (%rsp), %rdi
+    mov 8(%rsp), %rsi
+    mov 16(%rsp), %rdx
+    and $-16, %rsp
+    call usbdom_exception
+7:  ud2
+    jmp 7b
+
     /* ---------------------------------------------------------------- hypercall page */
     .section .text.hypercall_page, "ax", @progbits
     .p2align 12
@@ -192,6 +237,10 @@ extern "C" {
     static __image_end: u8;
     static hypercall_page: u8;
     static xen_shared_info_page: u8;
+    #[link_name = "exception_stubs_pvh"]
+    static EXCEPTION_STUBS_PVH: u8;
+    #[link_name = "exception_stubs_pv"]
+    static EXCEPTION_STUBS_PV: u8;
     #[link_name = "boot_stack_bottom"]
     static BOOT_STACK_BOTTOM: u8;
 }
@@ -215,6 +264,18 @@ pub fn hypercall_page_addr() -> usize {
 pub fn shared_info_page_addr() -> usize {
     core::ptr::addr_of!(xen_shared_info_page) as usize
 }
+
+/// Addresses of the CPU exception stubs: `(pvh, pv)`; stub for vector `n` (0..32) is at
+/// `base + 16 * n`. Both call `usbdom_exception(vector, error_code, rip, is_pv) -> !`.
+pub fn exception_stubs() -> (usize, usize) {
+    (
+        core::ptr::addr_of!(EXCEPTION_STUBS_PVH) as usize,
+        core::ptr::addr_of!(EXCEPTION_STUBS_PV) as usize,
+    )
+}
+
+/// Distance between two exception stubs.
+pub const EXCEPTION_STUB_SIZE: usize = 16;
 
 /// Lowest address of the boot stack (for overflow diagnostics).
 pub fn boot_stack_bottom() -> usize {

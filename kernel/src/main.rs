@@ -43,6 +43,7 @@ fn banner(kind: Kind) {
 pub extern "C" fn usbdom_pvh_main(start_info_pa: u64) -> ! {
     exit::set_kind(Kind::Pvh);
     console::init_serial();
+    arch::exceptions::init_pvh();
     logger::init(log::LevelFilter::Info);
     let khz = time::init_tsc();
     banner(Kind::Pvh);
@@ -84,6 +85,10 @@ pub extern "C" fn usbdom_xen_pv_main(start_info: *const u8) -> ! {
     // SAFETY: the console frame is ours, mapped by the domain builder at its pfn's address.
     unsafe { console::init_xen_ring(cons_va, si.console_evtchn) };
     logger::init(log::LevelFilter::Info);
+    let traps = arch::exceptions::init_xen_pv();
+    if traps != 0 {
+        log::warn!(target: "usbdom", "set_trap_table failed ({traps}): CPU exceptions will not be reported");
+    }
     let si_info = pv::boot_xen(&si);
     banner(Kind::XenPv);
     log::info!(target: "usbdom", "{si_info}");

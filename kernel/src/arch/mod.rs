@@ -6,6 +6,8 @@
 
 use core::arch::asm;
 
+pub mod exceptions;
+
 /// Read a byte from an I/O port.
 #[inline]
 pub fn inb(port: u16) -> u8 {

@@ -6,6 +6,8 @@
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 const VCPU0_UPCALL_MASK: usize = 1;
+/// `vcpu_info.arch.cr2` of vCPU 0.
+const VCPU0_CR2: usize = 16;
 /// `vcpu_info.time` (struct vcpu_time_info) of vCPU 0.
 const VCPU0_TIME: usize = 32;
 const EVTCHN_PENDING: usize = 2048;
@@ -70,6 +72,11 @@ impl SharedInfo {
     fn rd64(&self, off: usize) -> u64 {
         // SAFETY: inside the mapped page.
         unsafe { core::ptr::read_volatile((self.va + off) as *const u64) }
+    }
+
+    /// vCPU 0's `arch.cr2`: the faulting address of the last page fault Xen bounced to us.
+    pub fn vcpu0_cr2(&self) -> u64 {
+        self.rd64(VCPU0_CR2)
     }
 
     /// Mask event upcalls on vCPU 0 (we never take upcalls; SCHEDOP_poll works while masked).

@@ -6,7 +6,8 @@
 //! ## Adding a self-test
 //! Add `pub mod mytest;` and one `"mytest" => mytest::run(platform),` line to [`dispatch`]; `run`
 //! has the signature `fn run<P: Platform>(platform: &P) -> Result<(), String>`. Tests of the kernel
-//! core alone (no platform) go in `dispatch_core` (`unit`, `pvmm`).
+//! core alone (no platform) go in `dispatch_core` (`unit`, `pvmm`, and `panic` / `fault`, which
+//! must end in `PANIC at ...` + `SELFTEST FAIL <name>: panic` + the crash exit, status 35).
 //!
 //! ## What a self-test gets: [`crate::platform::Platform`]
 //! * `platform.functions()` — every PCI function (`PciFunction { addr, id, config, bars, .. }`);
@@ -23,6 +24,7 @@
 pub mod bot;
 pub mod probe;
 pub mod pvmm;
+pub mod uhci;
 pub mod unit;
 pub mod xhci;
 
@@ -58,6 +60,16 @@ fn dispatch_core(name: &str, cmdline: &str) -> Option<Result<(), String>> {
             }
         }),
         "pvmm" => pvmm::run(cmdline),
+        // Expected to FAIL: they prove the panic path (PANIC line, FAIL line, crash exit).
+        "panic" => panic!("deliberate panic (self-test)"),
+        "fault" => {
+            // A canonical address nothing maps (PVH maps 0..4 GiB; PV maps RAM and the I/O window).
+            // SAFETY: not sound on purpose: the read must fault; the exception handler panics.
+            let v = unsafe { core::ptr::read_volatile(0x4000_0000_0000 as *const u64) };
+            Err(format!(
+                "read of an unmapped address returned {v:#x} instead of faulting"
+            ))
+        }
         _ => return None,
     })
 }
@@ -68,6 +80,7 @@ fn dispatch<P: Platform>(name: &str, cmdline: &str, platform: &P) -> Result<(), 
     }
     match name {
         "probe" => probe::run(platform),
+        "uhci" => uhci::run(platform, cmdline),
         "xhci" => xhci::run(platform, cmdline),
         _ => Err(format!("unknown self-test '{name}'")),
     }
@@ -89,7 +102,7 @@ pub fn run<P: Platform>(name: &'static str, platform: &P) -> ! {
 
 /// Whether `name` is a self-test that needs no platform (`unit`, `pvmm`).
 pub fn is_core(name: &str) -> bool {
-    matches!(name, "unit" | "pvmm")
+    matches!(name, "unit" | "pvmm" | "panic" | "fault")
 }
 
 /// Run a self-test that needs no platform (kernel core only).
