@@ -15,9 +15,10 @@
 //!   [`Backend::handle_events`] with the events whose token [`Backend::owns_token`];
 //! - when any other port fires: [`Backend::process_rings`] (all connected frontends are served;
 //!   there are few);
-//! - for each controller event: a [`HcEvent::Transfer`](usb_core::hc::HcEvent) goes to
-//!   [`Backend::complete`]; devices the USB core enumerated or removed go to
-//!   [`Backend::device_attached`] / [`Backend::device_detached`].
+//! - for each controller event: a [`HcEvent::Transfer`] goes to [`Backend::complete`]; devices
+//!   the USB core enumerated or removed go to [`Backend::device_attached`] /
+//!   [`Backend::device_detached`] (or the [`BusEvent`]s to [`Backend::handle_bus_events`]).
+//!   With a usb-core [`Bus`], [`Backend::poll_bus`] does all of this.
 //!
 //! # Xenbus lifecycle (pvusb-protocol.md §1.12, §1.13)
 //! The backend watches `backend/vusb` under its own home. For each `<feid>/<devid>` directory it
@@ -60,8 +61,11 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
+use hal::{Clock, DmaAlloc};
 use usb_core::descriptor::Configuration;
-use usb_core::hc::{Completion, DeviceId, HostController, Speed, TransferId};
+use usb_core::enumerate::{Bus, BusEvent};
+use usb_core::hc::{Completion, DeviceId, HcEvent, HostController, Speed, TransferId};
+use usb_core::registry::Registry;
 use usb_core::registry::UsbDevice;
 use xenidc::abi::usbif::{UsbifSpeed, MAX_PORTNR, MAX_SEGMENTS_PER_REQUEST};
 use xenidc::abi::{DomId, GrantRef, Port};
@@ -838,6 +842,68 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
             self.service(hc, key);
         }
         self.xs_rm(&format!("{DEVICES_DIR}/{}", path.node_name()))
+    }
+
+    /// Apply what the USB core's enumeration reported: devices (not hubs: a hub cannot be
+    /// exported, `usbif` has no hubs) become exportable, removed ones are detached.
+    pub fn handle_bus_events<C: HostController>(
+        &mut self,
+        hc: &mut C,
+        registry: &Registry,
+        events: &[BusEvent],
+    ) -> Result<(), BackendError> {
+        for ev in events {
+            match ev {
+                BusEvent::Attached(id) => {
+                    if let Some(d) = registry.get(*id) {
+                        if d.hub.is_none() {
+                            self.device_attached(
+                                hc,
+                                PhysDevice::from_usb_device(self.cfg.controller, d),
+                            )?;
+                        }
+                    }
+                }
+                BusEvent::Detached(_, route) => {
+                    self.device_detached(hc, PortPath::new(self.cfg.controller, *route))?;
+                }
+                BusEvent::Failed(route, e) => {
+                    log::warn!(
+                        "pvusb: device at {}-{route} not usable: {e}",
+                        self.cfg.controller
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One round of the controller side for an owner that drives a usb-core [`Bus`]: completions
+    /// go to the frontends, port changes are enumerated by the bus and applied. Returns whether
+    /// anything happened.
+    pub fn poll_bus<C: HostController, D: DmaAlloc, K: Clock>(
+        &mut self,
+        bus: &mut Bus<C, D, K>,
+    ) -> Result<bool, BackendError> {
+        let mut any = false;
+        while let Some(ev) = bus.poll() {
+            any = true;
+            match ev {
+                HcEvent::Transfer(c) => {
+                    if !self.complete(&mut bus.hc, &c) {
+                        log::debug!("pvusb: completion {:?} is not the backend's", c.id);
+                    }
+                }
+                HcEvent::PortChange(port) => {
+                    let evs = bus.handle_root_port(port);
+                    self.handle_bus_events(&mut bus.hc, &bus.registry, &evs)?;
+                }
+                HcEvent::ControllerDead => {
+                    log::error!("pvusb: controller {} stopped working", self.cfg.controller);
+                }
+            }
+        }
+        Ok(any)
     }
 
     // --- rings and completions ---------------------------------------------------------------------

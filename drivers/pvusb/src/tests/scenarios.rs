@@ -2,6 +2,7 @@
 //! frontends.
 
 use super::*;
+use fakehc::FakeStick;
 use usb_core::hc::HcError;
 use xenidc::abi::usbif::UsbifStatus as S;
 
@@ -699,4 +700,213 @@ fn superspeed_device_is_shown_as_high_speed() {
     f.page_mem(pi).read_bytes(100, &mut c).unwrap();
     assert_eq!(u16::from_le_bytes([c[22], c[23]]), 512);
     assert_eq!(u16::from_le_bytes([c[29], c[30]]), 512);
+}
+
+fn usb_device(
+    id: DeviceId,
+    route: Route,
+    speed: Speed,
+    stick: &FakeStick,
+    hub: Option<usb_core::hc::HubInfo>,
+) -> usb_core::registry::UsbDevice {
+    let raw = stick.config_descriptor();
+    usb_core::registry::UsbDevice {
+        id,
+        info: usb_core::hc::DeviceInfo {
+            route,
+            speed,
+            tt: None,
+        },
+        address: id.0 + 1,
+        descriptor: usb_core::descriptor::DeviceDescriptor::parse(&stick.device_descriptor())
+            .unwrap(),
+        config: Some(usb_core::descriptor::Configuration::parse(&raw).unwrap()),
+        config_raw: raw,
+        manufacturer: None,
+        product: Some("Fake Stick".into()),
+        serial: None,
+        parent: None,
+        hub,
+    }
+}
+
+#[test]
+fn usb_core_bus_events_export_devices_behind_hubs_but_not_hubs() {
+    use usb_core::enumerate::BusEvent;
+    let mut w = World::new(true);
+    w.toolstack_create(FE, 0, 2, 2);
+    let mut f = Frontend::new(&mut w, FE, 0);
+    w.assign(FE, 0, 2, "1-3.2");
+    w.run(&mut [&mut f]);
+    let hub_route = Route::root(3);
+    let route = hub_route.child(2).unwrap();
+    let stick = FakeStick::new(Speed::High, 8);
+    let hub = usb_device(
+        DeviceId(40),
+        hub_route,
+        Speed::High,
+        &stick,
+        Some(usb_core::hc::HubInfo {
+            ports: 4,
+            multi_tt: false,
+            think_time: 0,
+        }),
+    );
+    let dev = usb_device(DeviceId(0), route, Speed::High, &stick, None);
+    let id = w.hc.plug(3, stick);
+    let dev = usb_core::registry::UsbDevice { id, ..dev };
+    let mut reg = usb_core::registry::Registry::new();
+    reg.insert(hub);
+    reg.insert(dev);
+    w.be.handle_bus_events(
+        &mut w.hc,
+        &reg,
+        &[BusEvent::Attached(DeviceId(40)), BusEvent::Attached(id)],
+    )
+    .unwrap();
+    w.run(&mut [&mut f]);
+    let published = w
+        .server
+        .borrow()
+        .admin_children(&format!("{}/data/usbdom/devices", home_path(BE)));
+    assert_eq!(
+        published,
+        vec!["1-3_2".to_string()],
+        "the hub is not exportable"
+    );
+    assert_eq!(f.speeds.get(&2), Some(&UsbifSpeed::HIGH.0));
+    enumerate(&mut w, &mut f, 2, 8);
+    w.be.handle_bus_events(&mut w.hc, &reg, &[BusEvent::Detached(id, route)])
+        .unwrap();
+    w.run(&mut [&mut f]);
+    assert_eq!(f.speeds.get(&2), Some(&0));
+}
+
+mod hostile_fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    struct Raw {
+        pipe: u32,
+        structured: (u32, u8, u8, u8, bool, bool),
+        use_structured: bool,
+        segs: Vec<(u8, u16, u16)>,
+        nsegs_lie: Option<u16>,
+        len_lie: Option<u16>,
+        setup: [u8; 8],
+        known_setup: u8,
+        unlink: u16,
+        flags: u16,
+    }
+
+    fn raw() -> impl Strategy<Value = Raw> {
+        (
+            any::<u32>(),
+            (
+                0u32..6,
+                prop_oneof![Just(0u8), Just(5u8), any::<u8>()],
+                0u8..4,
+                0u8..4,
+                any::<bool>(),
+                prop::bool::weighted(0.15),
+            ),
+            any::<bool>(),
+            prop::collection::vec((0u8..4, 0u16..4200, 0u16..4200), 0..18),
+            prop::option::weighted(0.2, 0u16..40),
+            prop::option::weighted(0.2, any::<u16>()),
+            any::<[u8; 8]>(),
+            0u8..6,
+            100u16..120,
+            any::<u16>(),
+        )
+            .prop_map(
+                |(
+                    pipe,
+                    structured,
+                    use_structured,
+                    segs,
+                    nsegs_lie,
+                    len_lie,
+                    setup,
+                    known_setup,
+                    unlink,
+                    flags,
+                )| Raw {
+                    pipe,
+                    structured,
+                    use_structured,
+                    segs,
+                    nsegs_lie,
+                    len_lie,
+                    setup,
+                    known_setup,
+                    unlink,
+                    flags,
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, .. ProptestConfig::default() })]
+        /// Whatever a frontend sends, every request is answered exactly once, nothing stays
+        /// mapped, the controller never sees memory that is not mapped, and the backend does not
+        /// panic.
+        #[test]
+        fn random_requests_are_answered_exactly_once(reqs in prop::collection::vec(raw(), 1..16)) {
+            let (mut w, mut f) = connected(true, Speed::High);
+            enumerate(&mut w, &mut f, 1, 5);
+            let mut grefs = Vec::new();
+            for ro in [false, true] {
+                let (_, g) = f.page(ro);
+                grefs.push(g);
+            }
+            grefs.push(GrantRef(777));
+            for (i, r) in reqs.iter().enumerate() {
+                let id = 100 + i as u16;
+                let pipe = if r.use_structured {
+                    let (port, dev, ep, ty, dir, unlink) = r.structured;
+                    let p = UsbifPipe::new(port, dev, ep, PipeType(ty), dir);
+                    UsbifPipe(if unlink { p.0 | UsbifPipe::UNLINK } else { p.0 })
+                } else {
+                    UsbifPipe(r.pipe)
+                };
+                let segs: Vec<(GrantRef, u16, u16)> = r
+                    .segs
+                    .iter()
+                    .take(16)
+                    .map(|&(g, o, l)| (if g < 3 { grefs[g as usize] } else { GrantRef(g as u32 * 1000) }, o, l))
+                    .collect();
+                let setup = match r.known_setup {
+                    0 => [0x80, 6, 0, 1, 0, 0, 18, 0],
+                    1 => [0, 5, 7, 0, 0, 0, 0, 0],
+                    2 => [0, 9, 1, 0, 0, 0, 0, 0],
+                    3 => [2, 1, 0, 0, 0x81, 0, 0, 0],
+                    _ => r.setup,
+                };
+                let mut req = request(id, pipe, setup, &segs);
+                if pipe.is_unlink() {
+                    req.u = [r.unlink as u8, (r.unlink >> 8) as u8, 0, 0, 0, 0, 0, 0];
+                }
+                if let Some(n) = r.nsegs_lie {
+                    req.nr_buffer_segs = n;
+                }
+                if let Some(l) = r.len_lie {
+                    req.buffer_length = l;
+                }
+                req.transfer_flags = r.flags;
+                f.send(&req);
+            }
+            w.run(&mut [&mut f]);
+            for i in 0..reqs.len() {
+                let id = 100 + i as u16;
+                let n = f.take(id).len();
+                prop_assert_eq!(n, 1, "request {} answered {} times", id, n);
+            }
+            prop_assert!(f.responses.is_empty());
+            prop_assert_eq!(w.be_stats().foreign_maps, 2);
+            prop_assert_eq!(w.hc.dma_faults, 0);
+            prop_assert_eq!(w.be_state(FE, 0), Some(4));
+        }
+    }
 }
