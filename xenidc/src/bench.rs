@@ -31,7 +31,13 @@ fn sample_request(i: u16) -> UrbRequest {
     let mut r = UrbRequest {
         id: i % 16,
         nr_buffer_segs: 1,
-        pipe: UsbifPipe::new(1 + (i as u32 % 8), 2, 1, PipeType::BULK, i % 2 == 0),
+        pipe: UsbifPipe::new(
+            1 + (i as u32 % 8),
+            2,
+            1,
+            PipeType::BULK,
+            i.is_multiple_of(2),
+        ),
         buffer_length: 512,
         ..Default::default()
     };
@@ -52,7 +58,7 @@ fn validate_and_answer(req: &UrbRequest, res: &mut BenchResult) -> UrbResponse {
     };
     let nsegs = req.nr_buffer_segs as usize;
     let port = req.pipe.port();
-    let valid_hdr = req.id < 16 && nsegs <= req.seg.len() && port >= 1 && port <= MAX_PORTNR;
+    let valid_hdr = req.id < 16 && nsegs <= req.seg.len() && (1..=MAX_PORTNR).contains(&port);
     let dir = if req.pipe.is_in() {
         Direction::FromDevice
     } else {

@@ -14,8 +14,8 @@
 use crate::abi::{DomId, GrantHandle, GrantRef, Port};
 use crate::buffer::{BufferError, LocalBuffer, Mapper};
 use crate::hypervisor::{Hypervisor, LocalPage, Mapping, XenError};
-use crate::shm::SharedMem;
 use crate::ring::{BackRing, FrontRing, RingEntry, RingError};
+use crate::shm::SharedMem;
 use core::fmt;
 
 /// Errors of the channel layer.
@@ -363,10 +363,7 @@ impl<H: Hypervisor, Req: RingEntry, Rsp: RingEntry> FrontChannel<H, Req, Rsp> {
             hv.free_page(page);
             return Err(RingError::PageTooSmall { page: size, slot }.into());
         }
-        let ring = match FrontRing::init(page.mem) {
-            Ok(r) => r,
-            Err(e) => return Err(e.into()),
-        };
+        let ring = FrontRing::init(page.mem)?;
         let gref = match hv.grant_access(frame, backend, false) {
             Ok(g) => g,
             Err(e) => {

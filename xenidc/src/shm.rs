@@ -63,7 +63,7 @@ pub fn check(offset: usize, len: usize, align: usize, size: usize) -> ShmResult<
         Some(end) if end <= size => {}
         _ => return Err(ShmError::OutOfRange { offset, len, size }),
     }
-    if align > 1 && offset % align != 0 {
+    if align > 1 && !offset.is_multiple_of(align) {
         return Err(ShmError::Misaligned {
             offset,
             width: align,
@@ -288,7 +288,7 @@ impl SharedMem for HostMem {
         check(offset, dst.len(), 1, self.size)?;
         let mut i = 0;
         // Leading bytes up to a word boundary, whole words, trailing bytes.
-        while i < dst.len() && (offset + i) % 4 != 0 {
+        while i < dst.len() && !(offset + i).is_multiple_of(4) {
             dst[i] = self.byte(offset + i);
             i += 1;
         }
@@ -311,7 +311,7 @@ impl SharedMem for HostMem {
     fn write_bytes(&self, offset: usize, src: &[u8]) -> ShmResult<()> {
         self.check_w(offset, src.len(), 1)?;
         let mut i = 0;
-        while i < src.len() && (offset + i) % 4 != 0 {
+        while i < src.len() && !(offset + i).is_multiple_of(4) {
             self.set_byte(offset + i, src[i]);
             i += 1;
         }

@@ -152,9 +152,9 @@ impl Frontend {
             id,
             ..Default::default()
         };
-        let dir_in = seq % 8 == 0;
+        let dir_in = seq.is_multiple_of(8);
         req.pipe = UsbifPipe::new(1, 2, 1, PipeType::BULK, dir_in);
-        if seq % 4 == 0 {
+        if seq.is_multiple_of(4) {
             let (page, gref) = &self.pages[id as usize];
             if !dir_in {
                 page.mem.write_u8(128, seq as u8).unwrap();
@@ -173,9 +173,9 @@ impl Frontend {
     fn check(&self, seq: u64, rsp: &UrbResponse) {
         assert_eq!(rsp.id, (seq % 16) as u16, "response {seq} out of order");
         assert_eq!(rsp.status, UsbifStatus::OK, "response {seq}");
-        if seq % 4 == 0 {
+        if seq.is_multiple_of(4) {
             assert_eq!(rsp.actual_length, 512);
-            if seq % 8 == 0 {
+            if seq.is_multiple_of(8) {
                 let page = &self.pages[(seq % 16) as usize].0;
                 assert_eq!(
                     page.mem.read_u32(128).unwrap(),
@@ -291,10 +291,9 @@ fn frontend_revoking_a_mapped_ring_fails_until_the_backend_unmaps() {
     let mut fe = Frontend::new(&sim, DomId(2));
     let conn = Conn::connect(&mut be, DomId(2), fe.ch.ring_ref(), fe.ch.port(), 16, 0).unwrap();
     let ch = std::mem::replace(&mut fe.ch, Front::create(&mut fe.hv, BE).unwrap());
-    let (ch, _err) = ch
-        .close(&mut fe.hv)
-        .err()
-        .expect("ring still mapped by the backend");
+    let Err((ch, _err)) = ch.close(&mut fe.hv) else {
+        panic!("revoking must fail while the backend maps the ring");
+    };
     conn.teardown(&mut be);
     assert!(ch.close(&mut fe.hv).is_ok());
 }

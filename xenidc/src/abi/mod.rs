@@ -91,6 +91,7 @@ impl core::fmt::Display for DomId {
 /// A grant reference (`grant_ref_t`): an index into the granting domain's grant table.
 #[derive(
     Debug,
+    Default,
     Clone,
     Copy,
     PartialEq,

@@ -28,12 +28,6 @@ pub struct RequestSegment {
 }
 layout!(RequestSegment, size 8, gref @ 0, offset @ 4, length @ 6);
 
-impl Default for GrantRef {
-    fn default() -> Self {
-        GrantRef(0)
-    }
-}
-
 /// A USB pipe word (`pipe` of a urb request), as sent by the frontend: any bit pattern.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Default, FromBytes, IntoBytes, Immutable, KnownLayout,

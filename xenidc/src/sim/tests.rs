@@ -306,7 +306,8 @@ mod xenstore_rings {
         ca.write(TxId::NONE, "/local/domain/1/data/x", b"hello", &mut wait)
             .unwrap();
         assert_eq!(
-            ca.read(TxId::NONE, "/local/domain/1/data/x", &mut wait).unwrap(),
+            ca.read(TxId::NONE, "/local/domain/1/data/x", &mut wait)
+                .unwrap(),
             b"hello"
         );
         assert_eq!(
@@ -314,10 +315,13 @@ mod xenstore_rings {
             Some(&b"hello"[..])
         );
         // Permissions: dom2 may not read dom1's home.
-        assert!(cb.read(TxId::NONE, "/local/domain/1/data/x", &mut wait).is_err());
+        assert!(cb
+            .read(TxId::NONE, "/local/domain/1/data/x", &mut wait)
+            .is_err());
         // A watch set by dom2 fires when the toolstack writes the path: the event reaches dom2's
         // ring (and its port) at the next kick.
-        cb.watch("/local/domain/2/data/w", "tok", &mut wait).unwrap();
+        cb.watch("/local/domain/2/data/w", "tok", &mut wait)
+            .unwrap();
         let mut drain = Vec::new();
         let mut bb = b.clone();
         bb.take_pending(&mut |p| drain.push(p));
@@ -326,8 +330,13 @@ mod xenstore_rings {
         for _ in 0..300 {
             big.push_str("0123456789");
         }
-        ca.write(TxId::NONE, "/local/domain/1/data/big", big.as_bytes(), &mut wait)
-            .unwrap();
+        ca.write(
+            TxId::NONE,
+            "/local/domain/1/data/big",
+            big.as_bytes(),
+            &mut wait,
+        )
+        .unwrap();
         assert_eq!(
             ca.read(TxId::NONE, "/local/domain/1/data/big", &mut wait)
                 .unwrap(),
@@ -337,7 +346,8 @@ mod xenstore_rings {
             .borrow_mut()
             .admin_write("/local/domain/2/data/w", b"1", &[]);
         // Admin writes happen outside any ring: a kick by anyone flushes the event to dom2.
-        ca.read(TxId::NONE, "/local/domain/1/data/x", &mut wait).unwrap();
+        ca.read(TxId::NONE, "/local/domain/1/data/x", &mut wait)
+            .unwrap();
         let mut got = Vec::new();
         bb.take_pending(&mut |p| got.push(p));
         assert_eq!(got, vec![b.xenstore_port()]);

@@ -13,6 +13,7 @@ use crate::shm::HostMem;
 use crate::xenstore::client::Transport;
 use crate::xenstore::ring::RingTransport;
 use crate::xenstore::server::{ConnId, Server};
+use alloc::collections::btree_map::Entry;
 use alloc::collections::BTreeMap;
 use alloc::rc::Rc;
 use alloc::vec::Vec;
@@ -52,22 +53,21 @@ impl RingXenstored {
 impl XenstoreService for RingXenstored {
     fn kick(&mut self, dom: DomId, page: &HostMem, notify: &mut dyn FnMut(DomId)) {
         let mut server = self.server.borrow_mut();
-        if !self.links.contains_key(&dom.0) {
-            let Ok(ring) = RingTransport::server(page.clone(), no_notify as fn()) else {
-                return;
-            };
-            let conn = server.connect(dom.0);
-            self.links.insert(
-                dom.0,
-                Link {
+        let link = match self.links.entry(dom.0) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                let Ok(ring) = RingTransport::server(page.clone(), no_notify as fn()) else {
+                    return;
+                };
+                let conn = server.connect(dom.0);
+                v.insert(Link {
                     conn,
                     ring,
                     out: Vec::new(),
                     broken: false,
-                },
-            );
-        }
-        let link = self.links.get_mut(&dom.0).expect("inserted above");
+                })
+            }
+        };
         if !link.broken {
             let mut buf = [0u8; 1024];
             loop {
