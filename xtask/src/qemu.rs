@@ -37,6 +37,9 @@ pub struct Spec {
     /// HMP monitor on this unix socket (otherwise `-monitor none`).
     pub monitor: Option<PathBuf>,
     pub actions: Vec<Action>,
+    /// Milestones: a line containing the text must appear within the duration (from QEMU start),
+    /// else QEMU is killed as timed out (e.g. dom0 never became ready).
+    pub milestones: Vec<(String, Duration)>,
     /// Called for every line as it arrives (e.g. to echo it).
     pub on_line: Box<dyn FnMut(&Line)>,
 }
@@ -196,6 +199,8 @@ pub fn run(mut spec: Spec) -> Result<Outcome, String> {
     let mut monitor: Option<Monitor> = None;
     let mut eofs = 0;
     let mut timed_out = false;
+    let mut reached = vec![false; spec.milestones.len()];
+    let mut why = format!("TIMEOUT after {}s: QEMU killed", spec.timeout.as_secs());
     let mut record = |lines: &mut Vec<Line>, log: &mut fs::File, t: f64, text: String| {
         let l = Line { t, text };
         let _ = writeln!(log, "[{:8.2}] {}", l.t, l.text);
@@ -208,7 +213,24 @@ pub fn run(mut spec: Spec) -> Result<Outcome, String> {
             timed_out = true;
             break;
         }
-        match rx.recv_timeout(deadline - now) {
+        let missed = spec
+            .milestones
+            .iter()
+            .zip(&reached)
+            .find(|((_, d), r)| !**r && now >= t0 + *d);
+        if let Some(((pat, d), _)) = missed {
+            why = format!("TIMEOUT: no `{pat}` within {}s: QEMU killed", d.as_secs());
+            timed_out = true;
+            break;
+        }
+        let next = spec
+            .milestones
+            .iter()
+            .zip(&reached)
+            .filter(|(_, r)| !**r)
+            .map(|((_, d), _)| t0 + *d)
+            .fold(deadline, |a, b| a.min(b));
+        match rx.recv_timeout(next.saturating_duration_since(now)) {
             Ok(Msg::Line(at, text)) => {
                 let t = at.duration_since(t0).as_secs_f64();
                 let hits: Vec<usize> = spec
@@ -218,6 +240,9 @@ pub fn run(mut spec: Spec) -> Result<Outcome, String> {
                     .filter(|(i, a)| !fired[*i] && text.contains(&a.when))
                     .map(|(i, _)| i)
                     .collect();
+                for (m, r) in spec.milestones.iter().zip(reached.iter_mut()) {
+                    *r |= text.contains(&m.0);
+                }
                 record(&mut lines, &mut log, t, text);
                 for i in hits {
                     fired[i] = true;
@@ -240,25 +265,14 @@ pub fn run(mut spec: Spec) -> Result<Outcome, String> {
                 }
             }
             Ok(Msg::Eof) => eofs += 1,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                timed_out = true;
-                break;
-            }
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
     if timed_out {
         let _ = child.kill();
         let t = util::secs(t0);
-        record(
-            &mut lines,
-            &mut log,
-            t,
-            format!(
-                "xtask: TIMEOUT after {}s: QEMU killed",
-                spec.timeout.as_secs()
-            ),
-        );
+        record(&mut lines, &mut log, t, format!("xtask: {why}"));
     }
     // After EOF on both pipes QEMU is exiting; bound the wait anyway.
     let wait_deadline = Instant::now() + Duration::from_secs(20);
@@ -298,5 +312,48 @@ mod tests {
         let r = "i\x1b[K\x1b[Dinfo usb\x1b[K\r\n  Device 0.1, Port 1\r\n  Device 0.2, Port 2\r\n(qemu) ";
         assert_eq!(clean_reply(r), "Device 0.1, Port 1 | Device 0.2, Port 2");
         assert_eq!(clean_reply("sendkey a\r\n(qemu) "), "");
+    }
+}
+
+#[cfg(test)]
+mod qemu_tests {
+    use super::*;
+
+    /// A QEMU that prints nothing must be killed when a milestone line does not appear.
+    #[test]
+    fn missed_milestone_kills_qemu() {
+        if !util::have(QEMU) {
+            eprintln!("{QEMU} not installed: runner test not run");
+            return;
+        }
+        let log = std::env::temp_dir().join(format!("xtask-qemu-test-{}.log", std::process::id()));
+        let out = run(Spec {
+            args: [
+                "-M",
+                "none",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-serial",
+                "none",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            log: log.clone(),
+            timeout: Duration::from_secs(120),
+            monitor: None,
+            actions: vec![],
+            milestones: vec![("NEVER-PRINTED".into(), Duration::from_secs(1))],
+            on_line: Box::new(|_| {}),
+        })
+        .unwrap();
+        assert!(out.timed_out);
+        assert_eq!(out.code, None);
+        let last = &out.lines.last().unwrap().text;
+        assert!(last.contains("no `NEVER-PRINTED` within 1s"), "{last}");
+        assert!(fs::read_to_string(&log).unwrap().contains("NEVER-PRINTED"));
+        let _ = fs::remove_file(&log);
+        let _ = fs::remove_file(log.with_extension("cmd"));
     }
 }

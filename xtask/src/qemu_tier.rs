@@ -220,6 +220,7 @@ fn run_one(s: &Scenario, elf: &Path) -> Result<qemu::Outcome, (String, Option<qe
                 send: c.to_string(),
             })
             .collect(),
+        milestones: vec![],
         on_line: Box::new(|_| {}),
     };
     let out = qemu::run(spec).map_err(|e| (e, None))?;

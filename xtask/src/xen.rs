@@ -543,6 +543,8 @@ fn boot_once(b: &Boot, attempt: u32) -> Result<qemu::Outcome, String> {
         timeout: b.timeout,
         monitor: b.monitor.clone(),
         actions: b.actions.clone(),
+        // Under TCG dom0 is ready after 10-70 s (depending on the host's load).
+        milestones: vec![("XT-DOM0-READY".into(), Duration::from_secs(300))],
         on_line: Box::new(move |l: &Line| {
             if echo
                 && (l.text.starts_with("XT")
