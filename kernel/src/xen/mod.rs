@@ -19,6 +19,7 @@ pub mod bringup;
 pub mod dma;
 pub mod env;
 pub mod front;
+pub mod hvtest;
 pub mod irq;
 pub mod platform;
 pub mod xs;
@@ -56,20 +57,34 @@ fn fail(msg: &str) -> ! {
     exit::exit(Exit::Crash)
 }
 
-/// Run the Xen PV driver domain: [`platform`], then the self-test `selftest` if one was asked for
-/// (`usbdom.selftest=<name>`), else [`serve`].
+/// Run the Xen PV driver domain: Xen services and xenstore, the `xenhv` self-test if asked for
+/// (it needs no PCI device), the platform (pcifront), then the self-test `selftest` if one was
+/// asked for (`usbdom.selftest=<name>`), else [`serve`].
 pub fn run(si: &StartInfo, selftest: Option<&'static str>) -> ! {
-    let platform = platform(si);
+    let ctx = services(si);
+    if selftest == Some("xenhv") {
+        // Needs no PCI device: runs before pcifront.
+        log::info!(target: "selftest", "running self-test xenhv on xen-pv");
+        match hvtest::run(&mut ctx.borrow_mut()) {
+            Ok(()) => {
+                log::info!(target: "selftest", "SELFTEST PASS xenhv");
+                exit::exit(Exit::Pass)
+            }
+            Err(why) => {
+                log::error!(target: "selftest", "SELFTEST FAIL xenhv: {why}");
+                exit::exit(Exit::Fail)
+            }
+        }
+    }
+    let platform = platform_from(ctx);
     if let Some(name) = selftest {
         crate::selftest::run(name, &platform);
     }
     serve(&platform)
 }
 
-/// Bring up the Xen side up to a usable [`XenPlatform`]: hypervisor services, xenstore (logs
-/// `xenstore: domid N name X`), pcifront (logs `pcifront: connected`), and the scan of the
-/// passed-through buses. Any failure logs one `error:` line and shuts the domain down.
-pub fn platform(si: &StartInfo) -> XenPlatform {
+/// Hypervisor services and the xenstore connection; logs `xenstore: domid N name X`.
+fn services(si: &StartInfo) -> Rc<RefCell<Ctx>> {
     let store_port = Port(si.store_evtchn);
     let hv = env::setup(si.store_mfn, store_port)
         .unwrap_or_else(|e| fail(&format!("setting up Xen services failed: {e}")));
@@ -90,7 +105,12 @@ pub fn platform(si: &StartInfo) -> XenPlatform {
             )),
         }
     }
+    ctx
+}
 
+/// pcifront (logs `pcifront: connected`) and the scan of the passed-through buses: the
+/// [`XenPlatform`]. Any failure logs one `error:` line and shuts the domain down.
+fn platform_from(ctx: Rc<RefCell<Ctx>>) -> XenPlatform {
     // pcifront.
     let front = match Pcifront::connect(FrontHost::new(ctx.clone())) {
         Ok(f) => f,
