@@ -25,10 +25,12 @@
 //! reads and validates `num-ports` (1–31) and `usb-ver` (1|2), watches the frontend's `state` and
 //! goes to InitWait. It connects when the frontend is Initialised *or* Connected (xen-hcd goes
 //! straight to Connected): maps `urb-ring-ref` and `conn-ring-ref`, binds `event-channel`, goes
-//! to Connected and announces the devices assigned to its ports. Frontend Closing/Closed (or the
-//! frontend vanishing: domain death) disconnects it: transfers in flight are cancelled and every
-//! mapping released once the controller reported them; the backend goes Closed and, when the
-//! frontend comes back to Initialising, InitWait again. A toolstack close (`online` = 0, backend
+//! to Connected and announces the devices assigned to its ports. Frontend Closing/Closed
+//! disconnects it: transfers in flight are cancelled and every mapping released once the
+//! controller reported them; the backend goes Closed and, when the frontend comes back to
+//! Initialising, InitWait again. A frontend directory that vanished (domain death) also ends in
+//! Closed, and the backend removes its own directory (no toolstack does it for a controller the
+//! usbdom tool created). A toolstack close (`online` = 0, backend
 //! `state` = Closing) ends in Closed and the removal of the backend's own directory, which libxl
 //! waits for. A frontend that breaks the ring protocol is disconnected alone (Closing).
 //!
@@ -462,17 +464,28 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
             self.set_state(key, XenbusState::CLOSED)?;
         } else {
             match fe_state {
-                None
-                | Some(XenbusState::CLOSED)
+                None => {
+                    // The frontend device is gone: its domain died (xenstored removed its home)
+                    // or the toolstack removed it. libxl and the usbdom tool create the frontend
+                    // directory before (or with) the backend one, so this is never "not yet".
+                    // Nobody else will clean up after a frontend created by the usbdom tool:
+                    // close and remove our directory now (libxl, if it manages the device,
+                    // waits for exactly that).
+                    self.disconnect(hc, key);
+                    self.set_state(key, XenbusState::CLOSED)?;
+                    log::info!("pvusb: vusb {}/{}: frontend gone", key.0, key.1);
+                    self.remove(hc, key)?;
+                    self.xs_rm(&be)?;
+                    return Ok(());
+                }
+                Some(XenbusState::CLOSED)
                 | Some(XenbusState::CLOSING)
                 | Some(XenbusState::UNKNOWN) => {
                     if ours == XenbusState::CONNECTED || self.vusbs[&key].link.is_some() {
                         self.disconnect(hc, key);
                         self.set_state(key, XenbusState::CLOSING)?;
                     }
-                    if ours != XenbusState::INIT_WAIT || fe_state.is_some() {
-                        self.set_state(key, XenbusState::CLOSED)?;
-                    }
+                    self.set_state(key, XenbusState::CLOSED)?;
                 }
                 Some(XenbusState::INITIALISING) => {
                     if ours == XenbusState::CLOSED || ours == XenbusState::CLOSING {

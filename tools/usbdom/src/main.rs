@@ -5,6 +5,7 @@
 //! usbdom create-controller <frontend-domid> [--ports N] [--version 1|2] [--backend DOM]
 //! usbdom attach <frontend> <port> <device-path> [--controller DEVID] [--backend DOM]
 //! usbdom detach <frontend> <port> [--controller DEVID] [--backend DOM]
+//! usbdom remove-controller <frontend> [--controller DEVID] [--backend DOM]
 //! usbdom status [--backend DOM]
 //! ```
 //! `xl` cannot connect a PV USB controller to a driver domain (it has no `backend=` for usbctrl and
@@ -27,6 +28,7 @@ const USAGE: &str = "usage:
   usbdom create-controller <frontend-domid> [--ports N] [--version 1|2] [--backend DOM]
   usbdom attach <frontend> <port> <device-path> [--controller DEVID] [--backend DOM]
   usbdom detach <frontend> <port> [--controller DEVID] [--backend DOM]
+  usbdom remove-controller <frontend> [--controller DEVID] [--backend DOM]
   usbdom status [--backend DOM]
 options: --xenstore PATH (default: /dev/xen/xenbus, then the xenstored socket)";
 
@@ -74,7 +76,7 @@ pub fn parse_args(argv: &[String]) -> Result<Args, String> {
     }
     let want = match a.cmd.as_str() {
         "list" | "status" => 0,
-        "create-controller" => 1,
+        "create-controller" | "remove-controller" => 1,
         "attach" => 3,
         "detach" => 2,
         "" => return Err("no command".into()),
@@ -127,6 +129,15 @@ pub fn run<T: xenidc::xenstore::Transport>(t: &mut Tool<T>, a: &Args) -> Result<
                 a.controller
             ))
         }
+        "remove-controller" => {
+            let fe = t.domain(&a.pos[0])?;
+            let note = t.remove_controller(fe, a.controller, be)?;
+            let mut out = format!("removed controller {} of domain {fe}\n", a.controller);
+            if let Some(n) = note {
+                out = format!("note: {n}\n{out}");
+            }
+            Ok(out)
+        }
         _ => unreachable!("checked by parse_args"),
     }
 }
@@ -155,7 +166,12 @@ fn main() -> ExitCode {
         std::thread::sleep(Duration::from_millis(1));
         Instant::now() < deadline
     });
-    let mut t = Tool::new(Client::new(stream), wait);
+    let pause_deadline = Instant::now() + Duration::from_secs(10);
+    let pause = Box::new(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        Instant::now() < pause_deadline
+    });
+    let mut t = Tool::new(Client::new(stream), wait, pause);
     match run(&mut t, &args) {
         Ok(out) => {
             print!("{out}");

@@ -21,11 +21,16 @@ fn setup() -> (Rc<RefCell<Server>>, Tool<SimTransport>) {
         s.admin_write("/local/domain/3/name", b"guest", &[]);
     }
     let mut n = 0;
+    let mut pauses = 0;
     let t = Tool::new(
         Client::new(SimTransport::connect(&server, 0)),
         Box::new(move || {
             n += 1;
             n < 100
+        }),
+        Box::new(move || {
+            pauses += 1;
+            pauses < 3
         }),
     );
     (server, t)
@@ -295,4 +300,42 @@ fn path_syntax_matches_the_backend() {
     ] {
         assert!(!tool::valid_path(bad), "{bad}");
     }
+}
+
+#[test]
+fn remove_controller_like_libxl() {
+    let (server, mut t) = setup();
+    run(&mut t, &args("create-controller 3 --ports 2")).unwrap();
+    let be = "/local/domain/1/backend/vusb/3/0";
+    // A usbdom that answers: it closes and removes its directory while the tool waits.
+    let srv = server.clone();
+    t.pause = Box::new(move || {
+        let mut s = srv.borrow_mut();
+        assert_eq!(s.admin_read(&format!("{be}/online")), Some(&b"0"[..]));
+        assert_eq!(s.admin_read(&format!("{be}/state")), Some(&b"5"[..]));
+        s.admin_rm(be);
+        true
+    });
+    let out = run(&mut t, &args("remove-controller 3")).unwrap();
+    assert!(!out.contains("note"), "{out}");
+    assert!(read(&server, be).is_none());
+    assert!(read(&server, "/local/domain/3/device/vusb/0").is_none());
+    // No usbdom: the tool gives up waiting and removes both directories itself.
+    run(&mut t, &args("create-controller 3 --ports 2")).unwrap();
+    let mut n = 0;
+    t.pause = Box::new(move || {
+        n += 1;
+        n < 3
+    });
+    let out = run(&mut t, &args("remove-controller 3")).unwrap();
+    assert!(out.contains("note: usbdom did not remove"), "{out}");
+    assert!(read(&server, be).is_none());
+    assert!(read(&server, "/local/domain/3/device/vusb/0").is_none());
+    assert_eq!(
+        run(&mut t, &args("remove-controller 3")).unwrap_err(),
+        ToolError::NoController {
+            frontend: 3,
+            devid: 0
+        }
+    );
 }

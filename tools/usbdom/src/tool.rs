@@ -77,10 +77,14 @@ pub struct Device {
     pub assigned: String,
 }
 
-/// The tool: a xenstore client plus its wait policy.
+/// The tool: a xenstore client plus its wait policies.
 pub struct Tool<T: Transport> {
     pub xs: Client<T>,
+    /// Called while a xenstore reply is outstanding; false gives up.
     pub wait: Box<dyn FnMut() -> bool>,
+    /// Called between polls of a condition (e.g. the backend removing its directory); false
+    /// gives up.
+    pub pause: Box<dyn FnMut() -> bool>,
 }
 
 /// Validate a port path (`<controller>-<port>[.<port>…]`); same rules as the backend.
@@ -105,8 +109,12 @@ fn parse_num(s: &str) -> Option<u32> {
 }
 
 impl<T: Transport> Tool<T> {
-    pub fn new(xs: Client<T>, wait: Box<dyn FnMut() -> bool>) -> Self {
-        Tool { xs, wait }
+    pub fn new(
+        xs: Client<T>,
+        wait: Box<dyn FnMut() -> bool>,
+        pause: Box<dyn FnMut() -> bool>,
+    ) -> Self {
+        Tool { xs, wait, pause }
     }
 
     fn read(&mut self, path: &str) -> Result<Option<String>, ToolError> {
@@ -375,6 +383,52 @@ impl<T: Transport> Tool<T> {
             &mut self.wait,
         )?;
         Ok(current)
+    }
+
+    /// Remove controller `devid` of `fe` as libxl removes a device: backend `online` = 0 and
+    /// `state` = Closing, wait for usbdom to close and delete its directory, then delete the
+    /// frontend directory. Returns a note if usbdom did not answer (the directories are removed
+    /// anyway).
+    pub fn remove_controller(
+        &mut self,
+        fe: u16,
+        devid: u32,
+        be: u16,
+    ) -> Result<Option<String>, ToolError> {
+        let (be_path, _) = self.controller(fe, devid, be)?;
+        let fe_path = self
+            .read(&format!("{be_path}/frontend"))?
+            .unwrap_or_else(|| format!("/local/domain/{fe}/device/vusb/{devid}"));
+        self.xs.write(
+            TxId::NONE,
+            &format!("{be_path}/online"),
+            b"0",
+            &mut self.wait,
+        )?;
+        self.xs.write(
+            TxId::NONE,
+            &format!("{be_path}/state"),
+            b"5",
+            &mut self.wait,
+        )?;
+        let mut note = None;
+        loop {
+            if self.read(&format!("{be_path}/frontend"))?.is_none() {
+                break;
+            }
+            if !(self.pause)() {
+                note = Some(format!(
+                    "usbdom did not remove {be_path} (not running?); removed it here"
+                ));
+                self.xs.rm(TxId::NONE, &be_path, &mut self.wait)?;
+                break;
+            }
+        }
+        match self.xs.rm(TxId::NONE, &fe_path, &mut self.wait) {
+            Err(e) if !e.is_enoent() => return Err(e.into()),
+            _ => {}
+        }
+        Ok(note)
     }
 
     /// Every `port/N` of every controller served by `be`: (frontend, devid, port, value).

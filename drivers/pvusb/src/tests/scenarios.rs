@@ -547,24 +547,15 @@ fn frontend_death_mid_transfer_leaks_nothing_and_a_new_frontend_is_served() {
     w.sim.destroy_domain(DomId(FE));
     w.server.borrow_mut().remove_domain(FE);
     w.run(&mut []);
-    assert_eq!(w.be_state(FE, 0), Some(6));
+    let be = World::be_path(FE, 0);
+    assert!(w.read(&be).is_none(), "backend directory removed");
+    assert!(w.be.frontends().is_empty());
     let st = w.be_stats();
     assert_eq!(st.foreign_maps, 0, "every grant unmapped");
     assert_eq!(st.ports_open, 0, "event channel closed");
     assert_eq!(st.pages, 0, "no page kept");
     assert_eq!(w.be.draining(), 0);
     assert_eq!(w.hc.queued(), 0, "transfers cancelled in the controller");
-    // libxl then closes the device: online=0, state=5; the backend removes its directory.
-    let be = World::be_path(FE, 0);
-    w.server
-        .borrow_mut()
-        .admin_write(&format!("{be}/online"), b"0", &[]);
-    w.server
-        .borrow_mut()
-        .admin_write(&format!("{be}/state"), b"5", &[]);
-    w.run(&mut []);
-    assert!(w.read(&be).is_none(), "backend directory removed");
-    assert!(w.be.frontends().is_empty());
     // The device is free for the next frontend.
     w.hc.hold = false;
     w.toolstack_create(7, 0, 2, 2);
@@ -909,4 +900,34 @@ mod hostile_fuzz {
             prop_assert_eq!(w.be_state(FE, 0), Some(4));
         }
     }
+}
+
+#[test]
+fn toolstack_teardown_closes_and_removes_the_backend_directory() {
+    let (mut w, mut f) = connected(true, Speed::High);
+    enumerate(&mut w, &mut f, 1, 5);
+    // libxl's device removal: online=0 and backend state Closing; it then waits for Closed and
+    // for the directory to disappear.
+    let be = World::be_path(FE, 0);
+    f.passive = true;
+    w.server
+        .borrow_mut()
+        .admin_write(&format!("{be}/online"), b"0", &[]);
+    w.server
+        .borrow_mut()
+        .admin_write(&format!("{be}/state"), b"5", &[]);
+    w.run(&mut [&mut f]);
+    assert!(w.read(&be).is_none(), "backend directory removed");
+    assert!(w.be.frontends().is_empty());
+    assert_eq!(w.be_stats().foreign_maps, 0);
+    assert_eq!(w.be_stats().ports_open, 0);
+    assert_eq!(
+        w.read(&format!(
+            "{}/data/usbdom/devices/1-1/assigned",
+            home_path(BE)
+        ))
+        .as_deref(),
+        Some(""),
+        "the device is free again"
+    );
 }
