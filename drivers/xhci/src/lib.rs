@@ -30,14 +30,17 @@
 #![forbid(unsafe_code)]
 
 extern crate alloc;
+#[cfg(all(feature = "sim", not(test)))]
+extern crate std;
 
 pub mod context;
 pub mod regs;
 pub mod ring;
 pub mod trb;
 
-#[cfg(test)]
-mod sim;
+/// The simulated xHCI the host tests and the benchmark run the driver against.
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 #[cfg(test)]
 mod tests;
 

@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::vec;
 use std::vec::Vec;
 
 use hal::fake::{FakeIrq, FakeMemory, FakeRegs};
