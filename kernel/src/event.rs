@@ -111,7 +111,7 @@ impl EventLoop {
                 }
                 _ => {
                     // PVH: no event channels; wait for the timer (polling fallback).
-                    let Some(d) = deadline else { return None };
+                    let d = deadline?;
                     while time::now_ns() < d {
                         crate::arch::pause();
                     }

@@ -30,7 +30,7 @@ impl log::Log for Logger {
         );
         let header = line.len();
         // Format the message into the line buffer; overlong messages go straight to the console.
-        if write!(line, "{}\n", record.args()).is_err() {
+        if writeln!(line, "{}", record.args()).is_err() {
             line.truncate(header);
             console::write_str(&line);
             let _ = writeln!(console::Writer, "{}", record.args());

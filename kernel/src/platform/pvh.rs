@@ -251,7 +251,7 @@ impl DmaBuf for PvhDmaBuf {
     }
     fn read32(&self, offset: usize) -> u32 {
         assert!(
-            offset % 4 == 0 && offset + 4 <= self.len,
+            offset.is_multiple_of(4) && offset + 4 <= self.len,
             "DMA read32 outside buffer"
         );
         // SAFETY: aligned, inside the buffer.
@@ -259,7 +259,7 @@ impl DmaBuf for PvhDmaBuf {
     }
     fn write32(&self, offset: usize, value: u32) {
         assert!(
-            offset % 4 == 0 && offset + 4 <= self.len,
+            offset.is_multiple_of(4) && offset + 4 <= self.len,
             "DMA write32 outside buffer"
         );
         // SAFETY: aligned, inside the buffer.

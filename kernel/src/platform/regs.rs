@@ -26,7 +26,7 @@ impl MmioRegs {
     }
 
     fn ok(&self, off: usize, w: usize) -> bool {
-        let ok = off % w == 0 && off.checked_add(w).is_some_and(|e| e <= self.size);
+        let ok = off.is_multiple_of(w) && off.checked_add(w).is_some_and(|e| e <= self.size);
         debug_assert!(
             ok,
             "MMIO access {off:#x}+{w} outside window of {:#x}",

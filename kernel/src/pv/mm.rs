@@ -207,7 +207,7 @@ fn ensure_l1(st: &mut State, va: usize) -> Result<(usize, u64), MmError> {
         if e & PTE_PRESENT == 0 {
             let (nva, nmfn) = new_table(st)?;
             let req = [MmuUpdate {
-                ptr: (table_mfn << 12) + (idx as u64) * 8 | MMU_NORMAL_PT_UPDATE,
+                ptr: ((table_mfn << 12) + (idx as u64) * 8) | MMU_NORMAL_PT_UPDATE,
                 val: (nmfn << 12) | TABLE_FLAGS,
             }];
             // SAFETY: installs a fresh, zeroed, read-only table into an empty slot of our tables.
@@ -273,7 +273,7 @@ pub unsafe fn map_frames(va: usize, mfns: &[u64], flags: u64, domid: u16) -> Res
         let v = va + i * PAGE_SIZE;
         let (_, l1_mfn) = ensure_l1(&mut st, v)?;
         let req = [MmuUpdate {
-            ptr: (l1_mfn << 12) + (index(v, 1) as u64) * 8 | MMU_NORMAL_PT_UPDATE,
+            ptr: ((l1_mfn << 12) + (index(v, 1) as u64) * 8) | MMU_NORMAL_PT_UPDATE,
             val: (mfn << 12) | flags,
         }];
         // SAFETY: the caller owns `v`.

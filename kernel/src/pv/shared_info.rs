@@ -59,7 +59,7 @@ impl SharedInfo {
     }
 
     fn word(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off % 8 == 0 && off < 4096);
+        debug_assert!(off.is_multiple_of(8) && off < 4096);
         // SAFETY: as `byte`, 8-byte aligned.
         unsafe { &*((self.va + off) as *const AtomicU64) }
     }

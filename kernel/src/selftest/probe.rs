@@ -80,7 +80,7 @@ fn check_xhci<P: Platform>(p: &P, f: &PciFunction<P::Config>) -> Result<(), Stri
     let ports = hcsparams1 >> 24;
     log::info!(target: "xhci",
         "BAR0 mapped: CAPLENGTH={caplength:#04x} HCIVERSION={hciversion:#06x} HCSPARAMS1={hcsparams1:#010x} (slots {slots}, ports {ports})");
-    if caplength < 0x20 || caplength % 4 != 0 || caplength as usize >= regs.size() {
+    if caplength < 0x20 || !caplength.is_multiple_of(4) || caplength as usize >= regs.size() {
         return Err(format!("xHCI {}: insane CAPLENGTH {caplength:#x}", f.addr));
     }
     if ![0x0090, 0x0095, 0x0096, 0x0100, 0x0110, 0x0120].contains(&hciversion) {
