@@ -26,7 +26,7 @@ use crate::abi::{DomId, GrantHandle, GrantRef, Port, PAGE_SIZE};
 use crate::hypervisor::{CopyOp, CopyPtr, Hypervisor, LocalPage, Mapping, XenError, XenOp};
 use crate::shm::{HostMem, SharedMem};
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::rc::Rc;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -130,6 +130,8 @@ struct Dom {
     ports: Vec<PortSlot>,
     xs_page: HostMem,
     xs_port: Port,
+    /// Ports whose pending bit may be set (a superset), so delivery does not scan every port.
+    maybe_pending: BTreeSet<u32>,
     stats: DomStats,
 }
 
@@ -182,6 +184,7 @@ impl World {
             if let Some(p) = d.ports.get_mut(port.0 as usize) {
                 if p.state != PortState::Free {
                     p.pending = true;
+                    d.maybe_pending.insert(port.0);
                 }
             }
         }
@@ -271,6 +274,7 @@ impl Sim {
             ports,
             xs_page: HostMem::page(),
             xs_port: Port(1),
+            maybe_pending: BTreeSet::new(),
             stats: DomStats::default(),
         };
         w.doms.insert(id.0, dom);
@@ -343,9 +347,13 @@ impl Sim {
     /// True if domain `id` has a pending unmasked port.
     pub fn has_pending(&self, id: DomId) -> bool {
         let w = self.world.borrow();
-        w.doms
-            .get(&id.0)
-            .is_some_and(|d| d.ports.iter().any(|p| p.pending && !p.masked))
+        w.doms.get(&id.0).is_some_and(|d| {
+            d.maybe_pending.iter().any(|&i| {
+                d.ports
+                    .get(i as usize)
+                    .is_some_and(|p| p.pending && !p.masked)
+            })
+        })
     }
 
     /// Plug in the simulated xenstore server.
@@ -360,6 +368,7 @@ impl Sim {
         if let Some(d) = w.dom(id) {
             let p = d.xs_port.0 as usize;
             d.ports[p].pending = true;
+            d.maybe_pending.insert(p as u32);
         }
     }
 
@@ -624,6 +633,7 @@ impl Hypervisor for SimDomain {
                 pending: true,
                 masked: false,
             };
+            d.maybe_pending.insert(i as u32);
             let r = w.dom(remote).unwrap();
             r.ports[remote_port.0 as usize].state = PortState::Interdomain {
                 remote: me,
@@ -695,12 +705,20 @@ impl Hypervisor for SimDomain {
         {
             let mut w = self.sim.world.borrow_mut();
             if let Some(d) = w.dom(self.id) {
-                for (i, p) in d.ports.iter_mut().enumerate() {
-                    if p.pending && !p.masked {
+                let Dom {
+                    ports,
+                    maybe_pending,
+                    ..
+                } = d;
+                maybe_pending.retain(|&i| match ports.get_mut(i as usize) {
+                    Some(p) if p.pending && !p.masked => {
                         p.pending = false;
-                        ready.push(Port(i as u32));
+                        ready.push(Port(i));
+                        false
                     }
-                }
+                    Some(p) => p.pending,
+                    None => false,
+                });
             }
         }
         for p in ready {
