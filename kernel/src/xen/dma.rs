@@ -163,6 +163,11 @@ impl Drop for XenDmaBuf {
 }
 
 impl XenDmaBuf {
+    /// The kernel virtual address of the buffer.
+    pub fn va(&self) -> usize {
+        self.va
+    }
+
     fn check(&self, offset: usize, len: usize) {
         assert!(
             offset.checked_add(len).is_some_and(|e| e <= self.len),
