@@ -178,6 +178,7 @@ struct Vusb<H: Hypervisor> {
     fe: String,
     token: String,
     num_ports: u8,
+    usb_ver: u32,
     state: XenbusState,
     ports: Vec<VPort>,
     link: Option<Link<H>>,
@@ -546,6 +547,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
                 fe: expect,
                 token,
                 num_ports,
+                usb_ver: usb_ver.unwrap(),
                 state: XenbusState::INITIALISING,
                 ports: (0..num_ports).map(|_| VPort::default()).collect(),
                 link: None,
@@ -625,7 +627,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         for i in 0..v.ports.len() {
             if let Some(path) = v.ports[i].assigned {
                 if let Some(d) = self.devices.get(&path) {
-                    link.queue_conn(&mut v.ports, i as u8 + 1, link::usbif_speed(d.speed));
+                    link.queue_conn(&mut v.ports, i as u8 + 1, visible_speed(v.usb_ver, d));
                 }
             }
         }
@@ -733,7 +735,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
                 v.ports[port as usize - 1].assigned = Some(new);
                 v.ports[port as usize - 1].reset_guest_state();
                 if let (Some(link), Some(d)) = (v.link.as_mut(), self.devices.get(&new)) {
-                    link.queue_conn(&mut v.ports, port, link::usbif_speed(d.speed));
+                    link.queue_conn(&mut v.ports, port, visible_speed(v.usb_ver, d));
                 }
                 log::info!("pvusb: vusb {}/{} port {port}: {new}", key.0, key.1);
                 self.publish_assigned(new)?;
@@ -830,8 +832,8 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         if let Some(&(key, port)) = self.claims.get(&path) {
             if let Some(v) = self.vusbs.get_mut(&key) {
                 v.ports[port as usize - 1].reset_guest_state();
-                if let Some(link) = v.link.as_mut() {
-                    link.queue_conn(&mut v.ports, port, link::usbif_speed(speed));
+                if let (Some(link), Some(d)) = (v.link.as_mut(), self.devices.get(&path)) {
+                    link.queue_conn(&mut v.ports, port, visible_speed(v.usb_ver, d));
                 }
             }
             self.service(hc, key);
@@ -998,6 +1000,22 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         self.service(hc, key);
         true
     }
+}
+
+/// The speed announced for `d` on a controller of `usb_ver`: a USB 1.1 virtual controller cannot
+/// carry a high-speed device (the guest's hub code would drive it as full speed), so such a device
+/// is not announced there (logged).
+fn visible_speed(usb_ver: u32, d: &PhysDevice) -> UsbifSpeed {
+    let s = link::usbif_speed(d.speed);
+    if usb_ver == 1 && s == UsbifSpeed::HIGH {
+        log::warn!(
+            "pvusb: {} is a {}-speed device: not shown on a USB 1.1 controller (use --version 2)",
+            d.path,
+            speed_name(d.speed)
+        );
+        return UsbifSpeed::NONE;
+    }
+    s
 }
 
 fn add(a: &mut LinkStats, b: &LinkStats) {

@@ -125,8 +125,15 @@ pub fn classify(r: &UrbRequest, peer: DomId, num_ports: u8) -> Result<Urb, Rejec
     } else {
         Direction::ToDevice
     };
-    let buffer = RemoteBuffer::new(peer, dir, segs, r.buffer_length as u32)
-        .map_err(|e| buffer_rejection(&e))?;
+    // `buffer_length` is 16 bits while a URB may have 16 full pages: xen-hcd then sends 0 for
+    // 65536 bytes (pvusb-protocol.md §1.11). Only that case is taken as 65536.
+    let sum: u32 = segs.iter().map(|s| s.length as u32).sum();
+    let declared = if r.buffer_length == 0 && sum == 0x1_0000 {
+        sum
+    } else {
+        r.buffer_length as u32
+    };
+    let buffer = RemoteBuffer::new(peer, dir, segs, declared).map_err(|e| buffer_rejection(&e))?;
     let epnum = pipe.endpoint();
     let devaddr = pipe.device();
     let mut flags = TransferFlags::empty();

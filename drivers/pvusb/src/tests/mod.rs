@@ -70,7 +70,7 @@ impl World {
     /// Plug a stick into root port `port` and tell the backend (as the USB core would after
     /// enumerating it).
     pub fn plug(&mut self, port: u8, speed: Speed) -> DeviceId {
-        let stick = FakeStick::new(speed, 64);
+        let stick = FakeStick::new(speed, 256);
         let cfg = usb_core::descriptor::Configuration::parse(&stick.config_descriptor()).unwrap();
         let id = self.hc.plug(port, stick);
         let dev = PhysDevice {

@@ -931,3 +931,69 @@ fn toolstack_teardown_closes_and_removes_the_backend_directory() {
         "the device is free again"
     );
 }
+
+#[test]
+fn a_64k_urb_with_buffer_length_0_is_taken_as_65536_bytes() {
+    let (mut w, mut f) = connected(true, Speed::High);
+    enumerate(&mut w, &mut f, 1, 5);
+    let (ci, cg) = f.page(true);
+    f.page_mem(ci)
+        .write_bytes(0, &cbw(9, true, 7, 128))
+        .unwrap();
+    let pages: Vec<(usize, GrantRef)> = (0..16).map(|_| f.page(false)).collect();
+    let segs: Vec<(GrantRef, u16, u16)> = pages.iter().map(|&(_, g)| (g, 0, 4096)).collect();
+    let data_req = request(11, bulk_pipe(1, 5, 1, true), [0; 8], &segs);
+    assert_eq!(data_req.buffer_length, 0, "65536 does not fit the u16");
+    let (_, sg) = f.page(false);
+    f.send(&request(
+        10,
+        bulk_pipe(1, 5, 2, false),
+        [0; 8],
+        &[(cg, 0, 31)],
+    ));
+    f.send(&data_req);
+    f.send(&request(
+        12,
+        bulk_pipe(1, 5, 1, true),
+        [0; 8],
+        &[(sg, 0, 13)],
+    ));
+    w.run(&mut [&mut f]);
+    assert_eq!(status(&mut f, 10), S::OK);
+    let r = ok(&mut f, 11);
+    assert_eq!((r.status, r.actual_length), (S::OK, 65536));
+    assert_eq!(status(&mut f, 12), S::OK);
+    let mut got = Vec::new();
+    for (pi, _) in pages {
+        let mut b = vec![0u8; 4096];
+        f.page_mem(pi).read_bytes(0, &mut b).unwrap();
+        got.extend(b);
+    }
+    assert_eq!(got, disk(&mut w, 1, 7, 128));
+    // A zero length with segments that do not add up to 65536 is still refused.
+    let (_, g) = f.page(false);
+    let mut bad = request(13, bulk_pipe(1, 5, 1, true), [0; 8], &[(g, 0, 4096)]);
+    bad.buffer_length = 0;
+    f.send(&bad);
+    w.run(&mut [&mut f]);
+    assert_eq!(status(&mut f, 13), S::INVAL);
+}
+
+#[test]
+fn usb11_controller_shows_full_speed_devices_only() {
+    let mut w = World::new(true);
+    w.plug(1, Speed::High);
+    w.plug(2, Speed::Full);
+    w.toolstack_create(FE, 0, 2, 1);
+    let mut f = Frontend::new(&mut w, FE, 0);
+    w.assign(FE, 0, 1, "1-1");
+    w.assign(FE, 0, 2, "1-2");
+    w.run(&mut [&mut f]);
+    assert_eq!(w.be_state(FE, 0), Some(4));
+    assert_eq!(
+        f.speeds.get(&1),
+        None,
+        "high-speed device not shown on USB 1.1"
+    );
+    assert_eq!(f.speeds.get(&2), Some(&UsbifSpeed::FULL.0));
+}
