@@ -243,3 +243,47 @@ const _: () =
     assert!(super::ring::page_ring_size(core::mem::size_of::<UrbRequest>()) == URB_RING_SIZE);
 const _: () =
     assert!(super::ring::page_ring_size(core::mem::size_of::<ConnResponse>()) == CONN_RING_SIZE);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zerocopy::IntoBytes;
+
+    #[test]
+    fn pipe_fields() {
+        // Port 3, IN, device 0x55, endpoint 9, bulk.
+        let p = UsbifPipe(3 | 0x80 | (0x55 << 8) | (9 << 15) | (3 << 30));
+        assert_eq!(
+            (p.port(), p.is_in(), p.device(), p.endpoint()),
+            (3, true, 0x55, 9)
+        );
+        assert_eq!(p.pipe_type(), PipeType::BULK);
+        assert!(!p.is_unlink());
+        assert_eq!(UsbifPipe::new(3, 0x55, 9, PipeType::BULK, true), p);
+        assert!(UsbifPipe(p.0 | UsbifPipe::UNLINK).is_unlink());
+        assert_eq!(UsbifPipe(2 << 30).pipe_type(), PipeType::CTRL);
+        assert_eq!(p.0 & UsbifPipe::RESERVED_MASK, 0);
+        assert_ne!((1u32 << 19) & UsbifPipe::RESERVED_MASK, 0);
+    }
+
+    #[test]
+    fn request_union_accessors_are_little_endian() {
+        let mut r = UrbRequest::default();
+        r.u = [1, 0, 2, 0, 3, 0, 4, 0];
+        assert_eq!(
+            (
+                r.interval(),
+                r.isoc_start_frame(),
+                r.isoc_number_of_packets(),
+                r.isoc_nr_frame_desc_segs()
+            ),
+            (1, 2, 3, 4)
+        );
+        assert_eq!(r.unlink_id(), 1);
+        r.id = 0x0102;
+        r.seg[1].gref = GrantRef(0x0a0b0c0d);
+        let bytes = r.as_bytes();
+        assert_eq!(&bytes[0..2], &[2, 1]);
+        assert_eq!(&bytes[28..32], &[0x0d, 0x0c, 0x0b, 0x0a]);
+    }
+}
