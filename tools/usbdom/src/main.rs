@@ -186,3 +186,5 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_backend;

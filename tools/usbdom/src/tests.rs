@@ -47,7 +47,7 @@ fn publish(server: &Rc<RefCell<Server>>, node: &str, path: &str, assigned: &str)
     s.admin_write(&format!("{base}/assigned"), assigned.as_bytes(), &[]);
 }
 
-fn args(s: &str) -> Args {
+pub(crate) fn args(s: &str) -> Args {
     let v: Vec<String> = s.split_whitespace().map(String::from).collect();
     parse_args(&v).unwrap()
 }
