@@ -240,3 +240,30 @@ fn buffers_of_another_connection_are_refused() {
     );
     assert_eq!(be.stats().foreign_maps, 0);
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Validation accepts exactly the lists a model accepts, and never panics.
+        #[test]
+        fn validation_matches_the_model(
+            segs in proptest::collection::vec((any::<u32>(), any::<u16>(), any::<u16>()), 0..20),
+            declared in any::<u32>(),
+            use_sum in any::<bool>(),
+        ) {
+            let segs: Vec<_> = segs.into_iter().map(|(g, o, l)| seg(GrantRef(g), o, l)).collect();
+            let sum: u64 = segs.iter().map(|s| s.length as u64).sum();
+            let declared = if use_sum { sum as u32 } else { declared };
+            let ok = segs.len() <= 16
+                && segs.iter().all(|s| s.offset as usize + s.length as usize <= 4096)
+                && sum == declared as u64;
+            let r = RemoteBuffer::new(FE, Direction::ToDevice, &segs, declared);
+            prop_assert_eq!(r.is_ok(), ok);
+            if let Err(e) = r {
+                prop_assert!(e.is_peer_error());
+            }
+        }
+    }
+}
