@@ -4,7 +4,7 @@
 //!
 //! Call [`ring_backend`] (backend side only: the "frontend" just advances `req_prod` over
 //! pre-filled slots) or [`ring_roundtrip`] (a real front ring produces and consumes too), time it,
-//! and divide by `n`. `examples/ring_bench.rs` wraps both for timing and for
+//! and divide by `n`. `examples/bench_ring.rs` wraps both for timing and for
 //! `valgrind --tool=callgrind`.
 
 use crate::abi::ring::{ENTRIES_OFFSET, REQ_PROD_OFFSET};
