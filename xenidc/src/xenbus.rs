@@ -527,6 +527,127 @@ impl<S: Role> Machine<S> {
     }
 }
 
+/// What a driver does for the connection-level actions of a step (see [`XenbusDevice::handle`]).
+pub trait DeviceDriver {
+    /// Release every resource of the connection; must be idempotent.
+    fn disconnect(&mut self);
+    /// Set up the connection (backend: read the ring references and event channel from the
+    /// frontend's directory, map, bind; frontend: allocate, grant, publish). `true` on success.
+    fn connect(&mut self) -> bool;
+    /// The peer showed a state it must not use here. Rate-limit any logging.
+    fn protocol_error(&mut self, _peer: XenbusState) {}
+}
+
+/// One device: its [`Machine`], our directory and the peer's, and the xenstore side of the
+/// actions (writing our `state`, deleting our directory).
+#[derive(Debug, Clone)]
+pub struct XenbusDevice<S: Role> {
+    machine: Machine<S>,
+    dir: alloc::string::String,
+    peer_dir: alloc::string::String,
+}
+
+impl<S: Role> XenbusDevice<S> {
+    /// A device whose own directory is `dir` and whose peer's is `peer_dir` (absolute paths).
+    pub fn new(dir: &str, peer_dir: &str) -> Self {
+        XenbusDevice {
+            machine: Machine::new(),
+            dir: dir.into(),
+            peer_dir: peer_dir.into(),
+        }
+    }
+
+    /// The state machine.
+    pub fn machine(&self) -> &Machine<S> {
+        &self.machine
+    }
+    /// Our directory.
+    pub fn dir(&self) -> &str {
+        &self.dir
+    }
+    /// The peer's directory.
+    pub fn peer_dir(&self) -> &str {
+        &self.peer_dir
+    }
+    /// Path of the peer's `state` node (watch it).
+    pub fn peer_state_path(&self) -> alloc::string::String {
+        alloc::format!("{}/state", self.peer_dir)
+    }
+    /// Path of our `state` node.
+    pub fn state_path(&self) -> alloc::string::String {
+        alloc::format!("{}/state", self.dir)
+    }
+
+    /// Read the peer's `state` (a missing or unreadable node is Unknown, garbage is out of range)
+    /// and handle it. Only transport failures are errors.
+    pub fn peer_changed<T: crate::xenstore::Transport>(
+        &mut self,
+        xs: &mut crate::xenstore::Client<T>,
+        drv: &mut impl DeviceDriver,
+        wait: &mut impl FnMut() -> bool,
+    ) -> Result<S, crate::xenstore::Error> {
+        let peer = match xs.read(crate::xenstore::TxId::NONE, &self.peer_state_path(), wait) {
+            Ok(v) => XenbusState::parse(&v),
+            // Like Linux, any error from the server (ENOENT, or EACCES once the peer's directory
+            // is gone and its parent is not readable) means Unknown.
+            Err(e) if e.errno().is_some() => XenbusState::UNKNOWN,
+            Err(e) => return Err(e),
+        };
+        self.handle(Stimulus::Peer(peer), xs, drv, wait)
+    }
+
+    /// Handle a stimulus and carry out its actions in order: `DISCONNECT` (driver), write our
+    /// state, `CONNECT` (driver; its outcome is handled at once as `ConnectOk`/`ConnectFailed`),
+    /// `REMOVE_DIR`. Returns the new state.
+    pub fn handle<T: crate::xenstore::Transport>(
+        &mut self,
+        stimulus: Stimulus,
+        xs: &mut crate::xenstore::Client<T>,
+        drv: &mut impl DeviceDriver,
+        wait: &mut impl FnMut() -> bool,
+    ) -> Result<S, crate::xenstore::Error> {
+        let mut stimulus = stimulus;
+        // A CONNECT leads to one more step (its outcome), which never asks to connect again.
+        for _ in 0..2 {
+            let step = self.machine.handle(stimulus);
+            if step.actions.contains(Actions::DISCONNECT) {
+                drv.disconnect();
+            }
+            if step.actions.contains(Actions::PEER_PROTOCOL_ERROR) {
+                drv.protocol_error(self.machine.peer());
+            }
+            if step.actions.contains(Actions::UNEXPECTED) {
+                log::warn!(
+                    "xenbus {}: {:?} unexpected in {:?}",
+                    self.dir,
+                    stimulus,
+                    step.from
+                );
+            }
+            if let Some(w) = step.write_state {
+                xs.write(
+                    crate::xenstore::TxId::NONE,
+                    &self.state_path(),
+                    w.to_text().as_bytes(),
+                    wait,
+                )?;
+            }
+            if step.actions.contains(Actions::REMOVE_DIR) {
+                xs.rm(crate::xenstore::TxId::NONE, &self.dir, wait)?;
+            }
+            if !step.actions.contains(Actions::CONNECT) {
+                break;
+            }
+            stimulus = if drv.connect() {
+                Stimulus::ConnectOk
+            } else {
+                Stimulus::ConnectFailed
+            };
+        }
+        Ok(self.machine.state())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1032,5 +1153,274 @@ mod tests {
                 if s.to == B::Gone { prop_assert_eq!(s.write_state, None); }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod xenstore_tests {
+    //! A backend and a frontend device connected through the simulated xenstore, with the
+    //! directories and permissions libxl creates, driven only by watch events.
+    use super::*;
+    use crate::xenstore::server::{Server, SimTransport};
+    use crate::xenstore::{Access, Client, Perm, TxId};
+    use alloc::format;
+    use alloc::rc::Rc;
+    use alloc::string::String;
+    use core::cell::RefCell;
+
+    type Xs = Client<SimTransport>;
+    const FE: &str = "/local/domain/2/device/vusb/0";
+    const BE: &str = "/local/domain/1/backend/vusb/2/0";
+    const T: TxId = TxId::NONE;
+
+    fn w() -> impl FnMut() -> bool {
+        || false
+    }
+
+    struct BeDrv {
+        xs: Xs,
+        mapped: bool,
+        connects: u32,
+    }
+    impl DeviceDriver for BeDrv {
+        fn disconnect(&mut self) {
+            self.mapped = false;
+        }
+        fn connect(&mut self) -> bool {
+            // Read what the frontend published, as a real backend would before mapping.
+            let ok = self
+                .xs
+                .read_u32(T, &format!("{FE}/urb-ring-ref"), &mut w())
+                .is_ok()
+                && self
+                    .xs
+                    .read_u32(T, &format!("{FE}/event-channel"), &mut w())
+                    .is_ok();
+            self.mapped = ok;
+            self.connects += u32::from(ok);
+            ok
+        }
+    }
+
+    struct FeDrv {
+        xs: Xs,
+        published: bool,
+    }
+    impl DeviceDriver for FeDrv {
+        fn disconnect(&mut self) {
+            self.published = false;
+        }
+        fn connect(&mut self) -> bool {
+            let r = self.xs.transaction(4, &mut w(), |xs, tx, wt| {
+                xs.write(tx, &format!("{FE}/urb-ring-ref"), b"8", wt)?;
+                xs.write(tx, &format!("{FE}/conn-ring-ref"), b"9", wt)?;
+                xs.write(tx, &format!("{FE}/event-channel"), b"5", wt)
+            });
+            self.published = r.is_ok();
+            self.published
+        }
+    }
+
+    struct World {
+        server: Rc<RefCell<Server>>,
+        ts: Xs,
+        bx: Xs,
+        fx: Xs,
+        bdev: XenbusDevice<BackendState>,
+        fdev: XenbusDevice<FrontendState>,
+        bdrv: BeDrv,
+        fdrv: FeDrv,
+        removing: bool,
+    }
+
+    fn perms(owner: u16, reader: u16) -> [Perm; 2] {
+        [
+            Perm {
+                domid: owner,
+                access: Access::None,
+            },
+            Perm {
+                domid: reader,
+                access: Access::Read,
+            },
+        ]
+    }
+
+    impl World {
+        fn new() -> World {
+            let server = Rc::new(RefCell::new(Server::new()));
+            server.borrow_mut().add_domain(1);
+            server.borrow_mut().add_domain(2);
+            let mut ts = Client::new(SimTransport::connect(&server, 0));
+            // The toolstack creates both directories in one transaction, as libxl does.
+            ts.transaction(3, &mut w(), |c, tx, wt| {
+                c.mkdir(tx, FE, wt)?;
+                c.set_perms(tx, FE, &perms(2, 1), wt)?;
+                c.write(tx, &format!("{FE}/backend"), BE.as_bytes(), wt)?;
+                c.write(tx, &format!("{FE}/backend-id"), b"1", wt)?;
+                c.write(tx, &format!("{FE}/state"), b"1", wt)?;
+                c.mkdir(tx, BE, wt)?;
+                c.set_perms(tx, BE, &perms(1, 2), wt)?;
+                c.write(tx, &format!("{BE}/frontend"), FE.as_bytes(), wt)?;
+                c.write(tx, &format!("{BE}/frontend-id"), b"2", wt)?;
+                c.write(tx, &format!("{BE}/online"), b"1", wt)?;
+                c.write(tx, &format!("{BE}/num-ports"), b"8", wt)?;
+                c.write(tx, &format!("{BE}/state"), b"1", wt)
+            })
+            .unwrap();
+            let mut bx = Client::new(SimTransport::connect(&server, 1));
+            let mut fx = Client::new(SimTransport::connect(&server, 2));
+            let bdev = XenbusDevice::new(BE, FE);
+            let fdev = XenbusDevice::new(FE, BE);
+            bx.watch(&bdev.peer_state_path(), "fe", &mut w()).unwrap();
+            bx.watch(BE, "own", &mut w()).unwrap();
+            fx.watch(&fdev.peer_state_path(), "be", &mut w()).unwrap();
+            let bdrv = BeDrv {
+                xs: Client::new(SimTransport::connect(&server, 1)),
+                mapped: false,
+                connects: 0,
+            };
+            let fdrv = FeDrv {
+                xs: Client::new(SimTransport::connect(&server, 2)),
+                published: false,
+            };
+            World {
+                server,
+                ts,
+                bx,
+                fx,
+                bdev,
+                fdev,
+                bdrv,
+                fdrv,
+                removing: false,
+            }
+        }
+
+        /// Deliver watch events until there are none.
+        fn pump(&mut self) {
+            for _ in 0..200 {
+                let mut any = false;
+                self.bx.poll().unwrap();
+                while let Some(ev) = self.bx.next_event() {
+                    any = true;
+                    if ev.token == "fe" {
+                        self.bdev
+                            .peer_changed(&mut self.bx, &mut self.bdrv, &mut w())
+                            .unwrap();
+                    } else if !self.removing {
+                        // Our own directory: `online` = 0 means the toolstack removes the device.
+                        match self.bx.read(T, &format!("{BE}/online"), &mut w()) {
+                            Ok(v) if v == b"0" => {
+                                self.removing = true;
+                                self.bdev
+                                    .handle(
+                                        Stimulus::Remove,
+                                        &mut self.bx,
+                                        &mut self.bdrv,
+                                        &mut w(),
+                                    )
+                                    .unwrap();
+                            }
+                            Ok(_) => {}
+                            Err(e) if e.is_enoent() => {
+                                self.bdev
+                                    .handle(
+                                        Stimulus::DirRemoved,
+                                        &mut self.bx,
+                                        &mut self.bdrv,
+                                        &mut w(),
+                                    )
+                                    .unwrap();
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+                self.fx.poll().unwrap();
+                while let Some(_ev) = self.fx.next_event() {
+                    any = true;
+                    self.fdev
+                        .peer_changed(&mut self.fx, &mut self.fdrv, &mut w())
+                        .unwrap();
+                }
+                if !any {
+                    assert_eq!(self.bx.take_events_lost() + self.fx.take_events_lost(), 0);
+                    return;
+                }
+            }
+            panic!("watch events did not settle");
+        }
+
+        fn node(&self, p: &str) -> Option<String> {
+            self.server
+                .borrow()
+                .admin_read(p)
+                .map(|v| String::from_utf8(v.to_vec()).unwrap())
+        }
+    }
+
+    #[test]
+    fn connect_close_reconnect_and_removal_through_xenstore() {
+        let mut wd = World::new();
+        wd.pump();
+        // Nothing happens before the backend has read its configuration.
+        assert_eq!(wd.node(&format!("{BE}/state")).as_deref(), Some("1"));
+        assert_eq!(
+            wd.bx
+                .read_u32(T, &format!("{BE}/num-ports"), &mut w())
+                .unwrap(),
+            8
+        );
+        wd.bdev
+            .handle(Stimulus::Ready, &mut wd.bx, &mut wd.bdrv, &mut w())
+            .unwrap();
+        wd.pump();
+        assert_eq!(wd.bdev.machine().state(), BackendState::Connected);
+        assert_eq!(wd.fdev.machine().state(), FrontendState::Connected);
+        assert_eq!(wd.node(&format!("{BE}/state")).as_deref(), Some("4"));
+        assert_eq!(wd.node(&format!("{FE}/state")).as_deref(), Some("4"));
+        assert!(wd.bdrv.mapped && wd.fdrv.published);
+
+        // The frontend goes away (module unload): both close.
+        wd.fdev
+            .handle(Stimulus::Remove, &mut wd.fx, &mut wd.fdrv, &mut w())
+            .unwrap();
+        wd.pump();
+        assert_eq!(wd.bdev.machine().state(), BackendState::Closed);
+        assert_eq!(wd.fdev.machine().state(), FrontendState::Closed);
+        assert_eq!(wd.node(&format!("{BE}/state")).as_deref(), Some("6"));
+        assert!(!wd.bdrv.mapped && !wd.fdrv.published);
+
+        // It comes back: reconnect.
+        wd.fdev
+            .handle(Stimulus::Ready, &mut wd.fx, &mut wd.fdrv, &mut w())
+            .unwrap();
+        wd.pump();
+        assert_eq!(wd.bdev.machine().state(), BackendState::Connected);
+        assert_eq!(wd.fdev.machine().state(), FrontendState::Connected);
+        assert_eq!(wd.bdrv.connects, 2);
+
+        // The toolstack detaches the controller: online = 0 and backend state = 5 (libxl).
+        wd.ts
+            .transaction(3, &mut w(), |c, tx, wt| {
+                c.write(tx, &format!("{BE}/online"), b"0", wt)?;
+                c.write(tx, &format!("{BE}/state"), b"5", wt)
+            })
+            .unwrap();
+        wd.pump();
+        assert_eq!(wd.bdev.machine().state(), BackendState::Removing);
+        assert_eq!(wd.node(&format!("{BE}/state")).as_deref(), Some("6"));
+        assert_eq!(wd.fdev.machine().state(), FrontendState::Closed);
+        assert!(!wd.bdrv.mapped);
+        // After the grace period the backend deletes its own directory (libxl waits for that).
+        wd.bdev
+            .handle(Stimulus::GraceOver, &mut wd.bx, &mut wd.bdrv, &mut w())
+            .unwrap();
+        assert_eq!(wd.node(BE), None);
+        wd.pump();
+        assert_eq!(wd.bdev.machine().state(), BackendState::Gone);
+        // The parent directories the toolstack made stay for the toolstack to clean.
+        assert!(wd.node("/local/domain/1/backend/vusb/2").is_some());
     }
 }
