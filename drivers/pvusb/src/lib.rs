@@ -40,6 +40,29 @@
 //! one frontend port: a second claim is refused (logged) until the first is cleared. Physical
 //! devices are published under `data/usbdom/devices/<node>/{path,vid-pid,speed,product,assigned}`
 //! of usbdom's home for the dom0 tool.
+//!
+//! # Wiring into the kernel (Xen PV)
+//! - `H`: the domain's `xenidc::xen::XenHypervisor`. The kernel shares it (`Rc<RefCell<Ctx>>`), so
+//!   it passes a handle type that implements [`Hypervisor`] by borrowing the shared one per call
+//!   (keeping its own copy of the xenstore page view for `xenstore_page`). The backend never holds
+//!   a borrow across calls.
+//! - `S`: a [`Store`] over the kernel's xenstore connection (`read`/`write`/`mkdir`/`rm`/
+//!   `directory`/`watch`/`unwatch`; `take_events` may return nothing when the kernel takes the
+//!   events itself and passes the backend's to [`Backend::handle_events`]).
+//! - One backend per controller (`Config::controller` = 1, 2, … in the order the controllers are
+//!   brought up; `zero_copy` = true on PV with an IOMMU).
+//! - Loop: xenstore events → `handle_events` (tokens [`Backend::owns_token`]); then
+//!   `while process_rings(&mut bus.hc) {}`; then [`Backend::poll_bus`] (completions, root port
+//!   changes); now and then `bus.poll_hubs()` → [`Backend::handle_bus_events`]; then block on all
+//!   ports (xenstore, controller interrupt, the ports the backend bound through the hypervisor)
+//!   with a short timeout as a polling fallback. At start: [`Backend::start`], then `bus.scan()`
+//!   → [`Backend::handle_bus_events`].
+//!
+//! # Limits
+//! Isochronous transfers are refused (`USBIF_STATUS_INVAL`); SuperSpeed devices are shown as
+//! high speed ([`superspeed`]); a high-speed device is not shown on a `usb-ver` 1 controller; the
+//! guest can select only the configuration the USB core read (normally the only one); a device is
+//! exported on one frontend port at a time.
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]

@@ -4,7 +4,7 @@
 //! (`io/usbif.h`; `../shared/reference/pvusb-protocol.md` §1.2). xenidc's
 //! [`BackChannel`](xenidc::channel::BackChannel) binds its own port, so it cannot carry the conn
 //! ring. This thin adapter maps the conn ring page and drives it with xenidc's
-//! [`BackRing`](xenidc::ring::BackRing), notifying through the port the urb channel bound. The
+//! [`BackRing`], notifying through the port the urb channel bound. The
 //! ring logic itself (index validation, hold-off) is xenidc's; this file only owns the mapping.
 //!
 //! It should move into xenidc as `BackChannel::connect_shared(port)` once that exists; the backend

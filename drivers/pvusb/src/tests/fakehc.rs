@@ -182,6 +182,10 @@ pub struct FakeStick {
     pub set_address_seen: u32,
     pub set_config_seen: Vec<u8>,
     pub clear_halt_seen: Vec<u16>,
+    /// A boot keyboard instead of a stick: one interrupt IN endpoint 0x81 whose transfers wait
+    /// (NAK) until a report is queued.
+    pub keyboard: bool,
+    pub reports: VecDeque<[u8; 8]>,
 }
 
 impl FakeStick {
@@ -198,6 +202,15 @@ impl FakeStick {
             set_address_seen: 0,
             set_config_seen: Vec::new(),
             clear_halt_seen: Vec::new(),
+            keyboard: false,
+            reports: VecDeque::new(),
+        }
+    }
+
+    pub fn keyboard(speed: Speed) -> Self {
+        FakeStick {
+            keyboard: true,
+            ..FakeStick::new(speed, 0)
         }
     }
 
@@ -215,6 +228,13 @@ impl FakeStick {
     }
 
     pub fn config_descriptor(&self) -> Vec<u8> {
+        if self.keyboard {
+            return vec![
+                9, 2, 25, 0, 1, 1, 0, 0xa0, 50, // config
+                9, 4, 0, 0, 1, 3, 1, 1, 0, // HID boot keyboard
+                7, 5, 0x81, 3, 8, 0, 10, // interrupt IN, 8 bytes, 10 ms
+            ];
+        }
         let mps: u16 = match self.speed {
             Speed::Super => 1024,
             Speed::High => 512,
@@ -340,6 +360,8 @@ pub struct FakeHc {
     next_dev: u8,
     next_tid: u32,
     queue: VecDeque<Queued>,
+    /// NAKed transfers waiting for data (interrupt IN of a keyboard).
+    parked: VecDeque<Queued>,
     events: VecDeque<HcEvent>,
     halted: BTreeSet<(DeviceId, u8)>,
     /// While set, `poll` runs nothing (transfers stay in flight).
@@ -362,6 +384,7 @@ impl FakeHc {
             next_dev: 1,
             next_tid: 1,
             queue: VecDeque::new(),
+            parked: VecDeque::new(),
             events: VecDeque::new(),
             halted: BTreeSet::new(),
             hold: false,
@@ -393,7 +416,7 @@ impl FakeHc {
     }
 
     pub fn queued(&self) -> usize {
-        self.queue.len()
+        self.queue.len() + self.parked.len()
     }
 
     fn dev_mut(&mut self, id: DeviceId) -> Option<&mut FakeStick> {
@@ -405,6 +428,13 @@ impl FakeHc {
 
     fn run(&mut self, q: Queued) {
         let key = (q.device, q.ep);
+        let nak = self
+            .dev_mut(q.device)
+            .is_some_and(|d| d.keyboard && q.ep == 0x81 && d.reports.is_empty());
+        if nak && !self.fail_next.contains_key(&key) {
+            self.parked.push_back(q);
+            return;
+        }
         let len: usize = q.segs.iter().map(|s| s.len as usize).sum();
         let injected = self.fail_next.remove(&key);
         let dma = self.dma.clone();
@@ -432,6 +462,14 @@ impl FakeHc {
                         Some(_) => dev.control(setup).map(|_| len as u32),
                         None => Err(HcError::DataBuffer),
                     }
+                }
+            } else if dev.keyboard {
+                let r = dev.reports.pop_front().unwrap_or_default();
+                let n = r.len().min(len);
+                if dma.write(&q.segs, &r[..n]) {
+                    Ok(n as u32)
+                } else {
+                    Err(HcError::DataBuffer)
                 }
             } else if q.ep & 0x80 != 0 {
                 let d = dev.bulk_in(len);
@@ -552,6 +590,11 @@ impl HostController for FakeHc {
             self.done(q, 0, Err(HcError::Cancelled));
             return Ok(true);
         }
+        if let Some(pos) = self.parked.iter().position(|q| q.id == id) {
+            let q = self.parked.remove(pos).unwrap();
+            self.done(q, 0, Err(HcError::Cancelled));
+            return Ok(true);
+        }
         Ok(false)
     }
     fn clear_halt(&mut self, device: DeviceId, endpoint: EndpointAddress) -> Result<(), HcError> {
@@ -572,6 +615,11 @@ impl HostController for FakeHc {
     }
     fn poll(&mut self) -> Option<HcEvent> {
         if !self.hold {
+            // Parked (NAKed) transfers are retried first: they were submitted earlier.
+            let parked: Vec<Queued> = self.parked.drain(..).collect();
+            for q in parked.into_iter().rev() {
+                self.queue.push_front(q);
+            }
             while let Some(q) = self.queue.pop_front() {
                 self.run(q);
             }

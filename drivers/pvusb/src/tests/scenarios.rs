@@ -71,7 +71,14 @@ fn enumerate(w: &mut World, f: &mut Frontend, port: u32, addr: u8) {
     let r = ok(f, 3);
     assert_eq!((r.status, r.actual_length), (S::OK, 18));
     let r = ok(f, 4);
-    assert_eq!((r.status, r.actual_length), (S::OK, 32));
+    assert_eq!(r.status, S::OK);
+    let mut total = [0u8; 4];
+    f.page_mem(pi).read_bytes(100, &mut total).unwrap();
+    assert_eq!(total[1], 2, "a configuration descriptor");
+    assert_eq!(
+        r.actual_length,
+        u16::from_le_bytes([total[2], total[3]]) as i32
+    );
     f.send(&request(
         5,
         ctrl_pipe(port, addr, false),
@@ -996,4 +1003,67 @@ fn usb11_controller_shows_full_speed_devices_only() {
         "high-speed device not shown on USB 1.1"
     );
     assert_eq!(f.speeds.get(&2), Some(&UsbifSpeed::FULL.0));
+}
+
+#[test]
+fn keyboard_interrupt_urb_waits_for_a_key_and_can_be_unlinked() {
+    let mut w = World::new(true);
+    let stick = FakeStick::keyboard(Speed::Low);
+    let cfg = usb_core::descriptor::Configuration::parse(&stick.config_descriptor()).unwrap();
+    let id = w.hc.plug(2, stick);
+    w.be.device_attached(
+        &mut w.hc,
+        PhysDevice {
+            path: PortPath::parse("1-2").unwrap(),
+            device: id,
+            speed: Speed::Low,
+            vendor: 0x0627,
+            product_id: 0x0001,
+            product: Some("QEMU USB Keyboard".into()),
+            config: Some(cfg),
+        },
+    )
+    .unwrap();
+    w.toolstack_create(FE, 0, 2, 1);
+    let mut f = Frontend::new(&mut w, FE, 0);
+    w.assign(FE, 0, 1, "1-2");
+    w.run(&mut [&mut f]);
+    assert_eq!(f.speeds.get(&1), Some(&UsbifSpeed::LOW.0));
+    enumerate(&mut w, &mut f, 1, 2);
+    let (pi, g) = f.page(false);
+    let int_in = UsbifPipe::new(1, 2, 1, PipeType::INT, true);
+    // The wrong type for the endpoint is refused.
+    f.send(&request(30, bulk_pipe(1, 2, 1, true), [0; 8], &[(g, 0, 8)]));
+    // The interrupt URB stays pending until a key is pressed.
+    f.send(&request(
+        31,
+        int_in,
+        [10, 0, 0, 0, 0, 0, 0, 0],
+        &[(g, 0, 8)],
+    ));
+    w.run(&mut [&mut f]);
+    assert_eq!(status(&mut f, 30), S::INVAL);
+    assert!(f.take(31).is_empty(), "no key yet");
+    w.hc.stick(2).reports.push_back([0, 0, 4, 0, 0, 0, 0, 0]);
+    w.run(&mut [&mut f]);
+    let r = ok(&mut f, 31);
+    assert_eq!((r.status, r.actual_length), (S::OK, 8));
+    let mut rep = [0u8; 8];
+    f.page_mem(pi).read_bytes(0, &mut rep).unwrap();
+    assert_eq!(rep[2], 4, "key 'a'");
+    // usbhid closing the device: the pending URB is unlinked; two answers.
+    f.send(&request(
+        32,
+        int_in,
+        [10, 0, 0, 0, 0, 0, 0, 0],
+        &[(g, 0, 8)],
+    ));
+    w.run(&mut [&mut f]);
+    let mut u = request(33, UsbifPipe(int_in.0 | UsbifPipe::UNLINK), [0; 8], &[]);
+    u.u = [32, 0, 0, 0, 0, 0, 0, 0];
+    f.send(&u);
+    w.run(&mut [&mut f]);
+    assert_eq!(status(&mut f, 33), S::OK);
+    assert_eq!(status(&mut f, 32), S::IOERROR);
+    assert_eq!(w.be_stats().foreign_maps, 2);
 }
