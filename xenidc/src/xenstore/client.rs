@@ -448,11 +448,15 @@ impl<T: Transport> Client<T> {
             .position(|p| p.req_id == frame.req_id && p.reply.is_none())
         else {
             self.stats.stray_replies += 1;
-            log::warn!(
-                "xenstore: dropped reply {:?} for unknown req_id {}",
-                frame.ty,
-                frame.req_id
-            );
+            // Rate-limited: the 1st, 2nd, 4th, 8th, … occurrence.
+            if self.stats.stray_replies.is_power_of_two() {
+                log::warn!(
+                    "xenstore: dropped reply {:?} for unknown req_id {} ({} so far)",
+                    frame.ty,
+                    frame.req_id,
+                    self.stats.stray_replies
+                );
+            }
             return;
         };
         let op = self.pending[idx].op;
@@ -572,6 +576,20 @@ impl<T: Transport> Client<T> {
         wait: &mut impl FnMut() -> bool,
     ) -> Result<Vec<u8>, Error> {
         self.request(tx, Request::Read(path), wait)
+    }
+
+    /// Read a node's value; `None` if it does not exist.
+    pub fn read_opt(
+        &mut self,
+        tx: TxId,
+        path: &str,
+        wait: &mut impl FnMut() -> bool,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        match self.read(tx, path, wait) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_enoent() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Read a node's value as UTF-8 text.
@@ -1163,8 +1181,10 @@ mod tests {
         s.reply_later(MsgType::TRANSACTION_START, 3, b"42\0");
         s.reply_later(MsgType::GET_DOMAIN_PATH, 4, b"/local/domain/7\0");
         s.reply_later(MsgType::READ, 5, b"4");
-        s.reply_later(MsgType::DIRECTORY, 6, b"a/b\0");
-        s.reply_later(MsgType::TRANSACTION_START, 7, b"x\0");
+        s.reply_later(MsgType::ERROR, 6, b"ENOENT\0");
+        s.reply_later(MsgType::READ, 7, b"h");
+        s.reply_later(MsgType::DIRECTORY, 8, b"a/b\0");
+        s.reply_later(MsgType::TRANSACTION_START, 9, b"x\0");
         let mut c = Client::new(s);
         let w = &mut no_wait();
         assert_eq!(c.directory(TxId::NONE, "/", w).unwrap(), vec!["a", "bc"]);
@@ -1184,6 +1204,11 @@ mod tests {
         assert_eq!(c.transaction_start(w).unwrap(), TxId(42));
         assert_eq!(c.get_domain_path(7, w).unwrap(), "/local/domain/7");
         assert_eq!(c.read_u32(TxId::NONE, "/s", w).unwrap(), 4);
+        assert_eq!(c.read_opt(TxId::NONE, "/gone", w).unwrap(), None);
+        assert_eq!(
+            c.read_opt(TxId::NONE, "/here", w).unwrap(),
+            Some(b"h".to_vec())
+        );
         assert!(matches!(
             c.directory(TxId::NONE, "/", w),
             Err(Error::BadReply { .. })
