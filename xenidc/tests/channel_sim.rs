@@ -389,3 +389,89 @@ fn hostile_frontend_is_disconnected_alone() {
     gconn.teardown(&mut be);
     assert_backend_clean(&sim);
 }
+
+mod teardown_at_any_moment {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// The frontend queues and publishes up to n requests.
+        Send(u8),
+        /// The backend serves its ring, keeping data buffers ("device busy") or finishing them.
+        Serve { hold: bool },
+        /// The "device" finishes up to n held buffers.
+        Finish(u8),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (1u8..20).prop_map(Step::Send),
+            any::<bool>().prop_map(|hold| Step::Serve { hold }),
+            (1u8..20).prop_map(Step::Finish),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whatever was in flight, tearing the connection down (after the frontend died, or not)
+        /// leaves the backend with no mapping, port or page, and the frontend's grants unmapped.
+        #[test]
+        fn nothing_leaks(steps in proptest::collection::vec(step(), 0..40), frontend_dies in any::<bool>(), bounce in any::<bool>()) {
+            let sim = Sim::new();
+            let mut be = sim.add_domain(BE);
+            let mut fe = Frontend::new(&sim, DomId(2));
+            let mut conn = Conn::connect(&mut be, DomId(2), fe.ch.ring_ref(), fe.ch.port(), 16, 1).unwrap();
+            let mut held: Vec<(UrbRequest, LocalBuffer)> = Vec::new();
+            let mut seq = 0u64;
+            for s in steps {
+                match s {
+                    Step::Send(n) => {
+                        for _ in 0..n {
+                            if fe.ch.free_slots() == 0 { break; }
+                            fe.ch.send(&fe.request(seq)).unwrap();
+                            seq += 1;
+                        }
+                        fe.ch.flush(&mut fe.hv).unwrap();
+                        while fe.ch.receive().unwrap().is_some() {}
+                    }
+                    Step::Serve { hold } => {
+                        while let Some(req) = conn.channel().receive().unwrap() {
+                            let nsegs = req.nr_buffer_segs as usize;
+                            let dir = if req.pipe.is_in() { Direction::FromDevice } else { Direction::ToDevice };
+                            let rb = RemoteBuffer::new(DomId(2), dir, &req.seg[..nsegs], req.buffer_length as u32).unwrap();
+                            if rb.is_empty() {
+                                conn.complete(&mut be, None, &UrbResponse { id: req.id, ..Default::default() }).unwrap();
+                                continue;
+                            }
+                            let lb = if bounce { conn.mapper().bounce(&rb) } else { conn.mapper().map(&mut be, &rb) }.unwrap();
+                            if hold {
+                                held.push((req, lb));
+                            } else {
+                                conn.complete(&mut be, Some(lb), &UrbResponse { id: req.id, ..Default::default() }).unwrap();
+                            }
+                        }
+                        conn.channel().flush(&mut be).unwrap();
+                    }
+                    Step::Finish(n) => {
+                        for _ in 0..n {
+                            let Some((req, lb)) = (!held.is_empty()).then(|| held.remove(0)) else { break };
+                            conn.complete(&mut be, Some(lb), &UrbResponse { id: req.id, ..Default::default() }).unwrap();
+                        }
+                        conn.channel().flush(&mut be).unwrap();
+                    }
+                }
+                prop_assert_eq!(conn.mapper().mapped_now() + conn.mapper().bounce_in_use(), held.len());
+            }
+            if frontend_dies {
+                sim.destroy_domain(DomId(2));
+            }
+            let report = conn.teardown(&mut be);
+            prop_assert_eq!(report.mappings_released, if bounce { 0 } else { held.len() });
+            let s = sim.stats(BE);
+            prop_assert_eq!((s.foreign_maps, s.ports_open, s.pages), (0, 0, 0));
+            prop_assert_eq!(s.maps_total, s.unmaps_total);
+            prop_assert_eq!(sim.stats(DomId(2)).grants_mapped_by_others, 0);
+        }
+    }
+}
