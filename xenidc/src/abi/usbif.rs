@@ -268,8 +268,10 @@ mod tests {
 
     #[test]
     fn request_union_accessors_are_little_endian() {
-        let mut r = UrbRequest::default();
-        r.u = [1, 0, 2, 0, 3, 0, 4, 0];
+        let mut r = UrbRequest {
+            u: [1, 0, 2, 0, 3, 0, 4, 0],
+            ..Default::default()
+        };
         assert_eq!(
             (
                 r.interval(),
