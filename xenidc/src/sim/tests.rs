@@ -359,3 +359,110 @@ mod xenstore_rings {
         assert_eq!(ev.token, "tok");
     }
 }
+
+mod grant_model {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap as Map;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Grant { to: u16, ro: bool },
+        Revoke(usize),
+        Map { by: u16, which: usize, ro: bool },
+        Unmap(usize),
+        Destroy(u16),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (2u16..5, any::<bool>()).prop_map(|(to, ro)| Op::Grant { to, ro }),
+            (0usize..8).prop_map(Op::Revoke),
+            (2u16..5, 0usize..8, any::<bool>()).prop_map(|(by, which, ro)| Op::Map {
+                by,
+                which,
+                ro
+            }),
+            (0usize..8).prop_map(Op::Unmap),
+            (2u16..5).prop_map(Op::Destroy),
+        ]
+    }
+
+    proptest! {
+        /// Domain 1 grants pages to domains 2..4, which map and unmap them, and may die. The
+        /// simulator agrees with a plain model: who may map, read-only rules, revoke refused while
+        /// mapped, and the counters.
+        #[test]
+        fn grant_table_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
+            let sim = Sim::new();
+            let mut owner = sim.add_domain(DomId(1));
+            let mut doms: Map<u16, SimDomain> = (2..5).map(|d| (d, sim.add_domain(DomId(d)))).collect();
+            let page = owner.alloc_page().unwrap();
+            // Model: gref -> (to, readonly, mapped count); live domains.
+            let mut grants: Map<u32, (u16, bool, u32)> = Map::new();
+            let mut order: Vec<GrantRef> = Vec::new();
+            let mut maps: Vec<(u16, Mapping<HostMem>)> = Vec::new();
+            let mut alive: Vec<u16> = vec![2, 3, 4];
+            for op in ops {
+                match op {
+                    Op::Grant { to, ro } => {
+                        let g = owner.grant_access(page.frame, DomId(to), ro).unwrap();
+                        prop_assert!(!grants.contains_key(&g.0));
+                        grants.insert(g.0, (to, ro, 0));
+                        order.push(g);
+                    }
+                    Op::Revoke(i) => {
+                        let Some(&g) = order.get(i) else { continue };
+                        let r = owner.end_access(g);
+                        match grants.get(&g.0) {
+                            Some(&(_, _, 0)) => { prop_assert!(r.is_ok()); grants.remove(&g.0); }
+                            Some(_) => prop_assert_eq!(r.unwrap_err().code, XenCode::Errno(errno::EBUSY)),
+                            None => prop_assert!(r.is_err()),
+                        }
+                    }
+                    Op::Map { by, which, ro } => {
+                        let Some(&g) = order.get(which) else { continue };
+                        let hv = doms.get_mut(&by).unwrap();
+                        let r = hv.map_grant(DomId(1), g, ro);
+                        let ok = alive.contains(&by)
+                            && grants.get(&g.0).is_some_and(|&(to, gro, _)| to == by && (ro || !gro));
+                        prop_assert_eq!(r.is_ok(), ok, "map of {:?} by {}", g, by);
+                        if let Ok(m) = r {
+                            prop_assert_eq!(m.mem.is_read_only(), ro);
+                            grants.get_mut(&g.0).unwrap().2 += 1;
+                            maps.push((by, m));
+                        }
+                    }
+                    Op::Unmap(i) => {
+                        if i >= maps.len() { continue; }
+                        let (by, m) = maps.remove(i);
+                        let gref = m.gref;
+                        let r = doms.get_mut(&by).unwrap().unmap_grant(m);
+                        if alive.contains(&by) {
+                            prop_assert!(r.is_ok());
+                            grants.get_mut(&gref.0).unwrap().2 -= 1;
+                        }
+                    }
+                    Op::Destroy(d) => {
+                        if !alive.contains(&d) { continue; }
+                        sim.destroy_domain(DomId(d));
+                        alive.retain(|&x| x != d);
+                        for (by, m) in maps.iter() {
+                            if *by == d { grants.get_mut(&m.gref.0).unwrap().2 -= 1; }
+                        }
+                        maps.retain(|(by, _)| *by != d);
+                    }
+                }
+                let s = sim.stats(DomId(1));
+                prop_assert_eq!(s.grants_active as usize, grants.len());
+                prop_assert_eq!(s.grants_mapped_by_others as usize, grants.values().filter(|g| g.2 > 0).count());
+                for (&gref, &(_, _, n)) in grants.iter() {
+                    prop_assert_eq!(owner.grant_in_use(GrantRef(gref)), n > 0);
+                }
+                for &d in alive.iter() {
+                    prop_assert_eq!(sim.stats(DomId(d)).foreign_maps as usize, maps.iter().filter(|(b, _)| *b == d).count());
+                }
+            }
+        }
+    }
+}
