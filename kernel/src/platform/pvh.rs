@@ -181,6 +181,12 @@ pub fn init_dma_pool(start: u64, end: u64) {
     POOL.lock().init(first, last.saturating_sub(first) as usize);
 }
 
+/// Take `pages` identity-mapped pages from the pool for good (heap growth). Returns the address.
+pub fn alloc_pool_pages(pages: usize) -> Option<usize> {
+    let frame = POOL.lock().alloc(pages, 1, 0)?;
+    Some(frame as usize * PAGE)
+}
+
 /// Free pages in the DMA pool.
 pub fn dma_pool_free_pages() -> usize {
     POOL.lock().free_frames()

@@ -123,6 +123,19 @@ fn heap() -> Result<(), String> {
             .all(|(i, &x)| x == (i as u32).wrapping_mul(2_654_435_761)),
         "heap data corrupted"
     );
+    // Beyond the static arena: the heap must grow from the platform's pages.
+    let big_len = 2 * 1024 * 1024;
+    let mut big: Vec<u8> = Vec::new();
+    big.try_reserve_exact(big_len)
+        .map_err(|_| String::from("2 MiB allocation failed: heap did not grow"))?;
+    big.resize(big_len, 0x5a);
+    check!(big.iter().all(|&b| b == 0x5a), "grown heap data corrupted");
+    check!(
+        crate::heap::grown_bytes() >= big_len - crate::heap::ARENA_SIZE,
+        "heap grew by {} only",
+        crate::heap::grown_bytes()
+    );
+    drop(big);
     let s: String = (0..1000)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
