@@ -1067,3 +1067,52 @@ fn keyboard_interrupt_urb_waits_for_a_key_and_can_be_unlinked() {
     assert_eq!(status(&mut f, 32), S::IOERROR);
     assert_eq!(w.be_stats().foreign_maps, 2);
 }
+
+#[test]
+fn corrupt_conn_ring_disconnects_that_frontend_only() {
+    let (mut w, mut good) = connected(true, Speed::High);
+    w.plug(2, Speed::High);
+    w.toolstack_create(FE2, 0, 2, 2);
+    let mut bad = Frontend::new(&mut w, FE2, 0);
+    w.run(&mut [&mut good, &mut bad]);
+    assert_eq!(w.be_state(FE2, 0), Some(4));
+    // The hostile frontend claims 4000 conn requests on a 512-entry ring.
+    let rp = bad.conn.as_ref().unwrap().ring_page().clone();
+    let rsp_prod = rp.read_u32(8).unwrap();
+    rp.write_u32(0, rsp_prod.wrapping_add(4000)).unwrap();
+    bad.passive = true;
+    // The next event for it (a device assigned) makes the backend read the conn ring.
+    w.assign(FE2, 0, 1, "1-2");
+    w.run(&mut [&mut good, &mut bad]);
+    assert_eq!(w.be_state(FE2, 0), Some(5), "hostile frontend closed");
+    assert_eq!(w.be_state(FE, 0), Some(4));
+    assert_eq!(w.be.stats().protocol_failures, 1);
+    assert_eq!(w.be_stats().foreign_maps, 2);
+    enumerate(&mut w, &mut good, 1, 5);
+}
+
+/// Not a test: host-side cost of the backend's data path (simulated hypervisor and controller),
+/// zero copy against bounce, side by side. `cargo test -p pvusb -- --ignored --nocapture sim_read_rate`
+#[test]
+#[ignore]
+fn sim_read_rate() {
+    let mut rates = Vec::new();
+    for zero_copy in [true, false] {
+        let (mut w, mut f) = connected(zero_copy, Speed::High);
+        enumerate(&mut w, &mut f, 1, 5);
+        let t = std::time::Instant::now();
+        let rounds = 200u32;
+        for i in 0..rounds {
+            let d = bot_read(&mut w, &mut f, 1, 5, (i % 64) * 2, 56, 100);
+            assert_eq!(d.len(), 56 * 512);
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let mib = rounds as f64 * 56.0 * 512.0 / (1024.0 * 1024.0);
+        rates.push(mib / secs);
+        println!(
+            "zero_copy={zero_copy}: {:.1} MiB/s ({rounds} BOT reads of 28 KiB)",
+            mib / secs
+        );
+    }
+    println!("bounce/zero-copy = {:.2}", rates[1] / rates[0]);
+}
