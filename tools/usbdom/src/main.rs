@@ -11,7 +11,9 @@
 //! `xl` cannot connect a PV USB controller to a driver domain (it has no `backend=` for usbctrl and
 //! libxl refuses `usbdev` for non-dom0 backends; `../shared/reference/pvusb-protocol.md` §2.4), so
 //! this tool writes the xenstore nodes itself. DOM is a domain id or name; the default backend is
-//! the domain named `usbdom`. Errors print one line and exit with status 1 (2 for usage errors).
+//! the domain named `usbdom`. `--wait` makes `create-controller` and `attach` wait (10 s at most)
+//! until usbdom took the controller or device up. Errors print one line and exit with status 1
+//! (2 for usage errors).
 
 mod tool;
 mod transport;
@@ -30,7 +32,8 @@ const USAGE: &str = "usage:
   usbdom detach <frontend> <port> [--controller DEVID] [--backend DOM]
   usbdom remove-controller <frontend> [--controller DEVID] [--backend DOM]
   usbdom status [--backend DOM]
-options: --xenstore PATH (default: /dev/xen/xenbus, then the xenstored socket)";
+options: --wait (create-controller, attach: wait up to 10 s until usbdom took it up)
+         --xenstore PATH (default: /dev/xen/xenbus, then the xenstored socket)";
 
 /// Parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +45,8 @@ pub struct Args {
     pub version: u32,
     pub controller: u32,
     pub xenstore: Option<String>,
+    /// Wait until usbdom took the controller / device up.
+    pub wait: bool,
 }
 
 /// Parse arguments (without the program name).
@@ -54,6 +59,7 @@ pub fn parse_args(argv: &[String]) -> Result<Args, String> {
         version: 2,
         controller: 0,
         xenstore: None,
+        wait: false,
     };
     let mut it = argv.iter();
     while let Some(x) = it.next() {
@@ -68,6 +74,7 @@ pub fn parse_args(argv: &[String]) -> Result<Args, String> {
             "--version" => a.version = num("--version", val("--version")?)?,
             "--controller" => a.controller = num("--controller", val("--controller")?)?,
             "--xenstore" => a.xenstore = Some(val("--xenstore")?),
+            "--wait" => a.wait = true,
             "-h" | "--help" => return Err(String::new()),
             s if s.starts_with("--") => return Err(format!("unknown option {s}")),
             s if a.cmd.is_empty() => a.cmd = s.to_string(),
@@ -105,6 +112,9 @@ pub fn run<T: xenidc::xenstore::Transport>(t: &mut Tool<T>, a: &Args) -> Result<
         "create-controller" => {
             let fe = t.domain(&a.pos[0])?;
             let devid = t.create_controller(fe, be, a.ports, a.version)?;
+            if a.wait {
+                t.wait_backend_ready(fe, devid, be)?;
+            }
             Ok(format!(
                 "created controller {devid} for domain {fe} ({} ports, USB {}) served by domain {be}\n",
                 a.ports,
@@ -115,6 +125,9 @@ pub fn run<T: xenidc::xenstore::Transport>(t: &mut Tool<T>, a: &Args) -> Result<
             let fe = t.domain(&a.pos[0])?;
             let p = port(&a.pos[1])?;
             t.attach(fe, a.controller, p, &a.pos[2], be)?;
+            if a.wait {
+                t.wait_attached(fe, a.controller, p, &a.pos[2], be)?;
+            }
             Ok(format!(
                 "attached {} to domain {fe} controller {} port {p}\n",
                 a.pos[2], a.controller

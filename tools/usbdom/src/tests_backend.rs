@@ -119,13 +119,17 @@ fn tool_and_backend_agree() {
         "{out}"
     );
 
-    run(&mut t, &args("create-controller 3 --ports 2")).unwrap();
-    serve();
+    // --wait: the tool polls while the backend works.
+    let s1 = serve.clone();
+    t.pause = Box::new(move || {
+        s1();
+        true
+    });
+    run(&mut t, &args("create-controller 3 --ports 2 --wait")).unwrap();
     let out = run(&mut t, &args("status")).unwrap();
     assert!(out.contains("backend InitWait(2)"), "{out}");
 
-    run(&mut t, &args("attach 3 1 1-2")).unwrap();
-    serve();
+    run(&mut t, &args("attach 3 1 1-2 --wait")).unwrap();
     let out = run(&mut t, &args("list")).unwrap();
     assert!(out.contains("domain 3 controller 0 port 1"), "{out}");
     assert_eq!(
@@ -170,4 +174,25 @@ fn tool_and_backend_agree() {
         run(&mut t, &args("attach 3 1 1-2")).unwrap_err(),
         ToolError::DeviceGone("1-2".into())
     );
+}
+
+#[test]
+fn wait_without_usbdom_is_a_clear_error() {
+    let server = Rc::new(RefCell::new(Server::new()));
+    {
+        let mut s = server.borrow_mut();
+        s.add_domain(0);
+        s.add_domain(1);
+        s.add_domain(3);
+        s.admin_write("/local/domain/1/name", b"usbdom", &[]);
+    }
+    let mut t = Tool::new(
+        Client::new(SimTransport::connect(&server, 0)),
+        bounded(),
+        bounded(),
+    );
+    match run(&mut t, &args("create-controller 3 --wait")) {
+        Err(ToolError::NotServed(m)) => assert!(m.contains("is it running"), "{m}"),
+        other => panic!("{other:?}"),
+    }
 }

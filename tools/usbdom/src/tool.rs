@@ -37,6 +37,8 @@ pub enum ToolError {
     DeviceBusy { device: String, by: String },
     /// Malformed argument.
     BadArgument(String),
+    /// usbdom did not do what was asked in time (with `--wait`).
+    NotServed(String),
     /// xenstore failed.
     Xenstore(String),
 }
@@ -55,6 +57,7 @@ impl fmt::Display for ToolError {
             ToolError::DeviceGone(d) => write!(f, "device {d} is not present in the driver domain (gone or never seen; see `usbdom list`)"),
             ToolError::DeviceBusy { device, by } => write!(f, "device {device} is already attached to {by}"),
             ToolError::BadArgument(a) => write!(f, "{a}"),
+            ToolError::NotServed(e) => write!(f, "{e}"),
             ToolError::Xenstore(e) => write!(f, "xenstore: {e}"),
         }
     }
@@ -429,6 +432,53 @@ impl<T: Transport> Tool<T> {
             _ => {}
         }
         Ok(note)
+    }
+
+    /// Wait (with `pause` between polls) until usbdom took controller `devid` of `fe` up: its
+    /// backend `state` is InitWait or later. Returns the state reached.
+    pub fn wait_backend_ready(&mut self, fe: u16, devid: u32, be: u16) -> Result<u32, ToolError> {
+        let p = format!("/local/domain/{be}/backend/vusb/{fe}/{devid}/state");
+        loop {
+            let st = self.read(&p)?.and_then(|s| parse_num(&s)).unwrap_or(0);
+            if (2..=4).contains(&st) {
+                return Ok(st);
+            }
+            if st >= 5 {
+                return Err(ToolError::NotServed(format!(
+                    "usbdom closed controller {devid} of domain {fe} (state {st}); see its console"
+                )));
+            }
+            if !(self.pause)() {
+                return Err(ToolError::NotServed(format!(
+                    "usbdom (domain {be}) did not take up controller {devid} of domain {fe}: is it running?"
+                )));
+            }
+        }
+    }
+
+    /// Wait until usbdom reports device `path` exported on `fe`/`devid`/`port`.
+    pub fn wait_attached(
+        &mut self,
+        fe: u16,
+        devid: u32,
+        port: u32,
+        path: &str,
+        be: u16,
+    ) -> Result<(), ToolError> {
+        let want = format!("{fe}/{devid}/{port}");
+        loop {
+            let d = self.devices(be)?.into_iter().find(|d| d.path == path);
+            match d {
+                None => return Err(ToolError::DeviceGone(path.to_string())),
+                Some(d) if d.assigned == want => return Ok(()),
+                Some(_) => {}
+            }
+            if !(self.pause)() {
+                return Err(ToolError::NotServed(format!(
+                    "usbdom did not take up {path} on port {port}: is it running?"
+                )));
+            }
+        }
     }
 
     /// Every `port/N` of every controller served by `be`: (frontend, devid, port, value).
