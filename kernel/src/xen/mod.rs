@@ -153,8 +153,10 @@ pub fn serve(platform: &XenPlatform) -> ! {
             continue;
         }
         hosts += 1;
-        if let Err(e) = bring_up(platform, f) {
-            fail(&e);
+        match bring_up(platform, f) {
+            Ok(()) => {}
+            Err(e) if e.is_empty() => exit::exit(Exit::Crash),
+            Err(e) => fail(&e),
         }
     }
     if hosts == 0 {
@@ -169,13 +171,9 @@ pub fn serve(platform: &XenPlatform) -> ! {
 fn bring_up(p: &XenPlatform, f: &PciFunction<FrontConfig>) -> Result<(), String> {
     let xhci = f.id.class == hal::PciId::CLASS_USB_XHCI;
     let bar = if xhci { 0 } else { 4 };
-    let regs = p.map_bar(f, bar).map_err(|e| {
-        format!(
-            "{} BAR{bar} of {}: {e}",
-            usb_host_kind(&f.id).unwrap_or("?"),
-            f.addr
-        )
-    })?;
+    // `map_bar` and `bind_interrupt` log their own `error:` line (cause and fix); an empty
+    // error here means "already said".
+    let regs = p.map_bar(f, bar).map_err(|_| String::new())?;
     if xhci {
         let cap0 = regs.read32(0);
         let hcs1 = regs.read32(4);
@@ -193,9 +191,7 @@ fn bring_up(p: &XenPlatform, f: &PciFunction<FrontConfig>) -> Result<(), String>
             "I/O BAR4 at {:#06x}: USBCMD={:#06x} USBSTS={:#06x} PORTSC1={:#06x} PORTSC2={:#06x}",
             pr.base(), regs.read16(0), regs.read16(2), regs.read16(0x10), regs.read16(0x12));
     }
-    let irq = p
-        .bind_interrupt(f)
-        .map_err(|e| format!("{}: {e}", f.addr))?;
+    let irq = p.bind_interrupt(f).map_err(|_| String::new())?;
     if xhci {
         let r = bringup::xhci_first_interrupt(p, &regs, &irq)?;
         log::info!(target: "irq", "first interrupt received ({}) after {} us, events {:?}",

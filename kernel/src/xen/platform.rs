@@ -185,9 +185,11 @@ impl Platform for XenPlatform {
             f.config.write16(0x04, cmd & !CMD_INTX_DISABLE);
         }
         let mut last_err = None;
+        // `usbdom.irq=msi` on the command line skips INTx (to exercise MSI through pcifront).
+        let want_msi = crate::cmdline::get(crate::cmdline::current(), "usbdom.irq") == Some("msi");
         // INTx: pciback shows the GSI in the Interrupt Line register; for a PV domU it is also
         // the pirq number the toolstack mapped for us.
-        if f.irq_pin != 0 && f.irq_line != 0 && f.irq_line != 0xff {
+        if !want_msi && f.irq_pin != 0 && f.irq_line != 0 && f.irq_line != 0xff {
             let gsi = f.irq_line as u32;
             match self.bind_pirq(f, gsi, Source::Intx { gsi }) {
                 Ok(irq) => return Ok(irq),
@@ -204,8 +206,19 @@ impl Platform for XenPlatform {
                 Err(e) => last_err = Some(-e),
             },
             Err(e) => {
-                log::warn!(target: "irq", "{}: enabling MSI through pcifront failed: {e}", f.addr);
-                last_err = last_err.or(Some(-1));
+                let code = match e {
+                    xenidc::pcifront::PcifrontError::Op { err, .. } => err.0,
+                    _ => -1,
+                };
+                if last_err.is_none() {
+                    // No INTx was tried: the MSI refusal is the cause.
+                    log::error!(target: "error",
+                        "dom0's pciback refused to enable MSI for {} ({e}): {}",
+                        f.addr,
+                        if want_msi { "use the legacy interrupt (drop usbdom.irq=msi)" } else { "the device has no legacy interrupt; check dom0's xen-pciback messages" });
+                    return Err(HalError::IrqBindRefused { code });
+                }
+                log::warn!(target: "irq", "{}: enabling MSI through pcifront failed too: {e}", f.addr);
             }
         }
         let code = last_err.unwrap_or(-1);
