@@ -21,10 +21,11 @@
 //!   dom0, readable by the domain, with `device`, `data`, `control`, `drivers`, `error`, `attr` and
 //!   `feature` owned by the domain.
 //! * **Watches** fire for a write, mkdir (of a new node), set-perms or rm of the watched path or
-//!   anything below it (event path = the changed node), and for a change of an ancestor of the
-//!   watched path (event path = the watched path); once on registration; only if the watcher may read
-//!   the node. rm fires once for the removed node and once for each node removed below it. Relative
-//!   watches get relative event paths. `@introduceDomain`/`@releaseDomain` fire from
+//!   anything below it (event path = the changed node); once on registration; only if the watcher
+//!   may read the node. rm fires once for the removed node (watches at or above it) and once for
+//!   each node removed below it (watches on exactly that node), as xenstored's `delete_node` does;
+//!   a watch on a path that never existed below a removed node does not fire. Relative watches get
+//!   relative event paths. `@introduceDomain`/`@releaseDomain` fire from
 //!   [`Server::add_domain`]/[`Server::remove_domain`] to dom0 connections.
 //! * **Transactions** work on a snapshot of the tree; the server records the generation of every
 //!   node the transaction reads or changes, and a commit fails with `EAGAIN` if any of them changed
@@ -109,7 +110,8 @@ struct Conn {
 #[derive(Debug, Clone)]
 struct Fire {
     path: String,
-    /// Only watches at or above `path` (not those below it).
+    /// Only watches on exactly `path` (for the nodes below a removed one); otherwise every
+    /// watch at or above `path`.
     exact: bool,
     perms: Vec<Perm>,
 }
@@ -870,13 +872,15 @@ impl Server {
                     if w.path.starts_with('@') {
                         continue;
                     }
-                    let path = if is_at_or_below(&f.path, &w.path) {
-                        &f.path
-                    } else if !f.exact && is_at_or_below(&w.path, &f.path) {
-                        &w.path
+                    let fires = if f.exact {
+                        w.path == f.path
                     } else {
-                        continue;
+                        is_at_or_below(&f.path, &w.path)
                     };
+                    if !fires {
+                        continue;
+                    }
+                    let path = &f.path;
                     let shown = if w.relative {
                         match path.strip_prefix(home.as_str()) {
                             Some(rel) => String::from(rel),
@@ -1525,16 +1529,18 @@ mod tests {
         d0.mkdir(T, "/w/a", &mut w()).unwrap(); // exists: no event
         d0.mkdir(T, "/w/m", &mut w()).unwrap();
         assert_eq!(events(&mut d0), vec![ev("/w/a/b", "t"), ev("/w/m", "t")]);
-        // A watch below a changed node fires with its own path.
+        // A change above a watched path does not fire it (only the registration did).
         d0.watch("/x/y/z", "deep", &mut w()).unwrap();
         d0.write(T, "/x", b"", &mut w()).unwrap();
-        assert_eq!(
-            events(&mut d0),
-            vec![ev("/x/y/z", "deep"), ev("/x/y/z", "deep")]
-        );
-        // rm of a subtree: once for the top, once for each node below.
+        assert_eq!(events(&mut d0), vec![ev("/x/y/z", "deep")]);
+        // rm of a subtree: watches at or above the top see the top; a watch on a removed node
+        // below sees that node; a watch on a path that never existed sees nothing.
+        d0.watch("/w/a/b", "leaf", &mut w()).unwrap();
+        d0.watch("/w/a/b/never", "never", &mut w()).unwrap();
+        events(&mut d0);
         d0.rm(T, "/w/a", &mut w()).unwrap();
-        assert_eq!(events(&mut d0), vec![ev("/w/a", "t"), ev("/w/a/b", "t")]);
+        assert_eq!(events(&mut d0), vec![ev("/w/a", "t"), ev("/w/a/b", "leaf")]);
+        d0.unwatch("/w/a/b", "leaf", &mut w()).unwrap();
         // Two watches on one path with different tokens both fire; a duplicate is EEXIST.
         d0.watch("/w", "t2", &mut w()).unwrap();
         assert_eq!(errno(d0.watch("/w", "t2", &mut w())), Errno::EEXIST);
