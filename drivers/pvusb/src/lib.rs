@@ -30,9 +30,11 @@
 //! controller reported them; the backend goes Closed and, when the frontend comes back to
 //! Initialising, InitWait again. A frontend directory that vanished (domain death) also ends in
 //! Closed, and the backend removes its own directory (no toolstack does it for a controller the
-//! usbdom tool created). A toolstack close (`online` = 0, backend
-//! `state` = Closing) ends in Closed and the removal of the backend's own directory, which libxl
-//! waits for. A frontend that breaks the ring protocol is disconnected alone (Closing).
+//! usbdom tool created). A toolstack close (`online` = 0, backend `state` = Closing) ends in
+//! Closed too, and the backend's own directory (which libxl waits for) is removed once the frontend
+//! is Closed as well, or after [`REMOVE_GRACE_NS`] ([`Backend::tick`]): libxl first reads
+//! `state` = Closed and takes a vanished node for an error. A frontend that breaks the ring
+//! protocol is disconnected alone (Closing).
 //!
 //! # Port assignment
 //! `port/N` holds a physical port path ([`PortPath`], e.g. `1-3` or `1-3.2`); writing it attaches
@@ -51,7 +53,8 @@
 //!   events itself and passes the backend's to [`Backend::handle_events`]).
 //! - One backend per controller (`Config::controller` = 1, 2, … in the order the controllers are
 //!   brought up; `zero_copy` = true on PV with an IOMMU).
-//! - Loop: xenstore events → `handle_events` (tokens [`Backend::owns_token`]); then
+//! - Loop: xenstore events → `handle_events` (tokens [`Backend::owns_token`]); [`Backend::tick`]
+//!   when the time it asked for has come; then
 //!   `while process_rings(&mut bus.hc) {}`; then [`Backend::poll_bus`] (completions, root port
 //!   changes); now and then `bus.poll_hubs()` → [`Backend::handle_bus_events`]; then block on all
 //!   ports (xenstore, controller interrupt, the ports the backend bound through the hypervisor)
@@ -192,6 +195,8 @@ type Key = (u16, u32);
 
 const WATCH_TOKEN: &str = "vusb";
 const DEVICES_DIR: &str = "data/usbdom/devices";
+/// How long a closed device's directory stays after a toolstack close (see [`Backend::tick`]).
+pub const REMOVE_GRACE_NS: u64 = 2_000_000_000;
 /// Requests taken off one ring per call before the others get their turn.
 const RING_BUDGET: usize = 64;
 
@@ -239,6 +244,8 @@ pub struct Backend<H: Hypervisor, S: Store> {
     /// Links torn down while the controller still had their transfers.
     zombies: BTreeMap<u64, Link<H>>,
     owners: BTreeMap<TransferId, u64>,
+    /// Devices closed by the toolstack whose directory goes at the given time.
+    removals: BTreeMap<Key, u64>,
     next_gen: u64,
     limit: RateLimit,
     stats: Stats,
@@ -272,6 +279,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
             vusbs: BTreeMap::new(),
             zombies: BTreeMap::new(),
             owners: BTreeMap::new(),
+            removals: BTreeMap::new(),
             next_gen: 1,
             limit: RateLimit::new(20, 1_000_000_000),
             stats: Stats::default(),
@@ -531,12 +539,39 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
             .is_some_and(|v| v.state == XenbusState::CLOSED)
             && online.as_deref() != Some("1")
         {
-            // Toolstack teardown: libxl waits for the backend directory to disappear.
-            self.remove(hc, key)?;
-            self.xs_rm(&be)?;
+            // Toolstack teardown: libxl waits for the backend directory to disappear, but first
+            // reads `state` = Closed (a vanished node there is an error to it). So the directory
+            // goes once the frontend has closed too, or after a grace period ([`Backend::tick`]).
+            if matches!(fe_state, Some(XenbusState::CLOSED)) {
+                self.remove(hc, key)?;
+                self.xs_rm(&be)?;
+                return Ok(());
+            }
+            let due = self.hv.now_ns().saturating_add(REMOVE_GRACE_NS);
+            self.removals.entry(key).or_insert(due);
             return Ok(());
         }
         self.refresh_ports(hc, key)
+    }
+
+    /// Timed work: directories of closed devices whose grace period is over are removed. Call it
+    /// from the event loop now and then (every second is plenty). Returns the earliest time it
+    /// wants to be called again, if any.
+    pub fn tick<C: HostController>(&mut self, hc: &mut C) -> Result<Option<u64>, BackendError> {
+        let now = self.hv.now_ns();
+        let due: Vec<Key> = self
+            .removals
+            .iter()
+            .filter(|(_, &t)| t <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            self.removals.remove(&key);
+            let be = format!("backend/vusb/{}/{}", key.0, key.1);
+            self.remove(hc, key)?;
+            self.xs_rm(&be)?;
+        }
+        Ok(self.removals.values().min().copied())
     }
 
     /// A new `backend/vusb/<feid>/<devid>`: validate it and go to InitWait.
@@ -693,6 +728,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
 
     /// Forget `key` entirely (its directory is gone).
     fn remove<C: HostController>(&mut self, hc: &mut C, key: Key) -> Result<(), BackendError> {
+        self.removals.remove(&key);
         self.disconnect(hc, key);
         let Some(v) = self.vusbs.remove(&key) else {
             return Ok(());

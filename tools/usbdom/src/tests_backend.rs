@@ -90,9 +90,16 @@ fn tool_and_backend_agree() {
         Config::default(),
     )));
     be.borrow_mut().start().unwrap();
+    // One round of usbdom's event loop, half a second later than the last.
     let serve = {
         let be = be.clone();
-        move || be.borrow_mut().process_xenstore(&mut NoHc).unwrap()
+        let sim = sim.clone();
+        move || {
+            sim.advance_ns(500_000_000);
+            let mut b = be.borrow_mut();
+            b.process_xenstore(&mut NoHc).unwrap();
+            b.tick(&mut NoHc).unwrap();
+        }
     };
     be.borrow_mut()
         .device_attached(

@@ -330,7 +330,7 @@ impl Frontend {
         let me = self.state();
         match (be, me) {
             (Some(2), 1) if self.auto_connect => self.connect(),
-            (Some(6), 5) => self.set_state(6),
+            (Some(6), 5) | (Some(6), 4) => self.set_state(6),
             (Some(5), 4) => self.set_state(5),
             _ => {}
         }

@@ -924,10 +924,16 @@ fn toolstack_teardown_closes_and_removes_the_backend_directory() {
         .borrow_mut()
         .admin_write(&format!("{be}/state"), b"5", &[]);
     w.run(&mut [&mut f]);
-    assert!(w.read(&be).is_none(), "backend directory removed");
-    assert!(w.be.frontends().is_empty());
+    assert_eq!(w.be_state(FE, 0), Some(6), "Closed first: libxl reads it");
     assert_eq!(w.be_stats().foreign_maps, 0);
     assert_eq!(w.be_stats().ports_open, 0);
+    // The frontend does not answer: the directory goes after the grace period.
+    assert!(w.be.tick(&mut w.hc).unwrap().is_some());
+    assert!(w.read(&be).is_some());
+    w.sim.advance_ns(crate::REMOVE_GRACE_NS + 1);
+    assert_eq!(w.be.tick(&mut w.hc).unwrap(), None);
+    assert!(w.read(&be).is_none(), "backend directory removed");
+    assert!(w.be.frontends().is_empty());
     assert_eq!(
         w.read(&format!(
             "{}/data/usbdom/devices/1-1/assigned",
@@ -1115,4 +1121,23 @@ fn sim_read_rate() {
         );
     }
     println!("bounce/zero-copy = {:.2}", rates[1] / rates[0]);
+}
+
+#[test]
+fn toolstack_teardown_with_a_live_frontend_removes_the_directory_once_it_closed() {
+    let (mut w, mut f) = connected(true, Speed::High);
+    let be = World::be_path(FE, 0);
+    w.server
+        .borrow_mut()
+        .admin_write(&format!("{be}/online"), b"0", &[]);
+    w.server
+        .borrow_mut()
+        .admin_write(&format!("{be}/state"), b"5", &[]);
+    w.run(&mut [&mut f]);
+    assert_eq!(f.state(), 6, "xen-hcd closed");
+    assert!(
+        w.read(&be).is_none(),
+        "removed without waiting for the grace period"
+    );
+    assert_eq!(w.be_stats().foreign_maps, 0);
 }
