@@ -369,7 +369,6 @@ impl Ctx<'_> {
                 },
             );
         }
-        perms.shrink_to_fit();
         self.fires.push(Fire {
             path: String::from(path),
             exact: false,
