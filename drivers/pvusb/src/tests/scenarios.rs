@@ -851,8 +851,11 @@ mod hostile_fuzz {
         /// mapped, the controller never sees memory that is not mapped, and the backend does not
         /// panic.
         #[test]
-        fn random_requests_are_answered_exactly_once(reqs in prop::collection::vec(raw(), 1..16)) {
-            let (mut w, mut f) = connected(true, Speed::High);
+        fn random_requests_are_answered_exactly_once(
+            reqs in prop::collection::vec(raw(), 1..16),
+            zero_copy in any::<bool>(),
+        ) {
+            let (mut w, mut f) = connected(zero_copy, Speed::High);
             enumerate(&mut w, &mut f, 1, 5);
             let mut grefs = Vec::new();
             for ro in [false, true] {
@@ -904,6 +907,7 @@ mod hostile_fuzz {
             prop_assert!(f.responses.is_empty());
             prop_assert_eq!(w.be_stats().foreign_maps, 2);
             prop_assert_eq!(w.hc.dma_faults, 0);
+            prop_assert_eq!(w.be.frontends()[0].in_flight, 0);
             prop_assert_eq!(w.be_state(FE, 0), Some(4));
         }
     }
