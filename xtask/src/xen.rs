@@ -93,7 +93,7 @@ fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     nums(a).cmp(&nums(b))
 }
 
-/// Install packages and build/cache the artifacts. `Ok(None)` with a reason = cannot run here.
+/// Install packages and build/cache the artifacts. `Ok(Err(reason))`: this machine cannot run the tier.
 pub fn prepare() -> Result<Result<Artifacts, String>, String> {
     match util::ensure_packages(PACKAGES)? {
         Prereq::Ready => {}
