@@ -293,6 +293,16 @@ mod tests {
     }
 
     #[test]
+    fn dpkg_says_what_is_missing() {
+        if !have("dpkg-query") {
+            eprintln!("no dpkg-query: not a Debian host");
+            return;
+        }
+        let m = missing_packages(&["coreutils", "xtask-no-such-package-zz"]);
+        assert_eq!(m, vec!["xtask-no-such-package-zz".to_string()]);
+    }
+
+    #[test]
     fn tail_keeps_last_lines() {
         assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
         assert_eq!(tail("a", 5), "a");
