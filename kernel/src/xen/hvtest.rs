@@ -59,6 +59,22 @@ pub fn run(ctx: &mut Ctx) -> Result<(), String> {
             "a write through the mapping reads {back:#x} in the page"
         ));
     }
+    // Bulk copies through both views (unaligned start, word middle, tail).
+    let pattern: [u8; 100] = core::array::from_fn(|i| (i * 7 + 3) as u8);
+    step(
+        "write_bytes through the mapping",
+        map.mem.write_bytes(1003, &pattern),
+    )?;
+    let mut seen = [0u8; 100];
+    step(
+        "read_bytes of the page",
+        page.mem.read_bytes(1003, &mut seen),
+    )?;
+    if seen != pattern {
+        return Err(String::from(
+            "bytes written through the mapping differ in the page",
+        ));
+    }
     if !hv.grant_in_use(gref) {
         return Err(String::from("grant not marked in use while mapped"));
     }
