@@ -482,18 +482,20 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
             .xs_read(&format!("{be}/state"))?
             .and_then(|s| parse_dec(&s))
             .map(XenbusState);
+        // Absent: the frontend is gone. Present but not a number: a protocol error (below).
         let fe_state = self
             .xs_read(&format!("{fe}/state"))?
-            .and_then(|s| parse_dec(&s))
-            .map(XenbusState);
+            .map(|s| XenbusState(parse_dec(&s).unwrap_or(u32::MAX)));
         let ours = self.vusbs[&key].state;
         let toolstack_close = be_state == Some(XenbusState::CLOSING)
             && ours != XenbusState::CLOSING
             && ours != XenbusState::CLOSED;
         if toolstack_close || online.as_deref() == Some("0") {
-            self.disconnect(hc, key);
-            self.vusbs.get_mut(&key).unwrap().state = XenbusState::CLOSING;
-            self.set_state(key, XenbusState::CLOSED)?;
+            if ours != XenbusState::CLOSED {
+                self.disconnect(hc, key);
+                self.vusbs.get_mut(&key).unwrap().state = XenbusState::CLOSING;
+                self.set_state(key, XenbusState::CLOSED)?;
+            }
         } else {
             match fe_state {
                 None => {
@@ -530,7 +532,23 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
                         self.connect(hc, key)?;
                     }
                 }
-                Some(_) => {}
+                Some(other) => {
+                    // Reconfiguring/Reconfigured (unused by usbif) or garbage: the frontend
+                    // broke the protocol; close its connection.
+                    if self.vusbs[&key].link.is_some() || ours == XenbusState::CONNECTED {
+                        if self.limit.allow(self.hv.now_ns()).is_some() {
+                            log::warn!(
+                                "pvusb: vusb {}/{}: frontend state {}: closing",
+                                key.0,
+                                key.1,
+                                other.0
+                            );
+                        }
+                        self.stats.protocol_failures += 1;
+                        self.disconnect(hc, key);
+                        self.set_state(key, XenbusState::CLOSING)?;
+                    }
+                }
             }
         }
         if self

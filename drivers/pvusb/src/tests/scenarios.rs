@@ -1145,3 +1145,35 @@ fn toolstack_teardown_with_a_live_frontend_removes_the_directory_once_it_closed(
     );
     assert_eq!(w.be_stats().foreign_maps, 0);
 }
+
+#[test]
+fn closed_device_does_not_rewrite_its_state_forever() {
+    let (mut w, mut f) = connected(true, Speed::High);
+    f.passive = true;
+    let be = World::be_path(FE, 0);
+    w.server
+        .borrow_mut()
+        .admin_write(&format!("{be}/online"), b"0", &[]);
+    w.server
+        .borrow_mut()
+        .admin_write(&format!("{be}/state"), b"5", &[]);
+    w.run(&mut [&mut f]);
+    assert_eq!(w.be_state(FE, 0), Some(6));
+    // Quiescent: another round finds no watch event to act on (no write loop on our own state).
+    w.be.process_xenstore(&mut w.hc).unwrap();
+    let (events, _) = crate::Store::take_events(w.be.xenstore()).unwrap();
+    assert!(events.is_empty(), "{events:?}");
+}
+
+#[test]
+fn garbage_frontend_state_closes_that_frontend() {
+    let (mut w, mut f) = connected(true, Speed::High);
+    f.passive = true;
+    let p = format!("{}/state", f.path());
+    f.xs.write(xenidc::xenstore::TxId::NONE, &p, b"banana", &mut || true)
+        .unwrap();
+    w.run(&mut [&mut f]);
+    assert_eq!(w.be_state(FE, 0), Some(5));
+    assert_eq!(w.be_stats().foreign_maps, 0);
+    assert!(w.read(&World::be_path(FE, 0)).is_some(), "directory kept");
+}
