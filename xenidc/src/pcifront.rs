@@ -834,6 +834,8 @@ mod tests {
         /// Why the backend refused to connect, if it did.
         refused: Option<String>,
         pending_notify: bool,
+        /// A hostile backend: answers (err, value) from this script instead of the devices.
+        script: Option<alloc::collections::VecDeque<(i32, u32)>>,
     }
 
     struct Sim {
@@ -923,6 +925,9 @@ mod tests {
         }
 
         fn process(&mut self, op: &SeenOp) -> (i32, u32) {
+            if let Some(script) = self.be.script.as_mut() {
+                return script.pop_front().unwrap_or((0, 0));
+            }
             if let Some(e) = self.be.next_err.take() {
                 return (e, 0);
             }
@@ -1068,6 +1073,7 @@ mod tests {
                 seen: Vec::new(),
                 refused: None,
                 pending_notify: false,
+                script: None,
             },
             fail_write: None,
         })))
@@ -1429,6 +1435,40 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn hostile_backend_answers_are_values(
+            answers in proptest::collection::vec((proptest::prelude::any::<i32>(), proptest::prelude::any::<u32>()), 0..40),
+            reads in proptest::collection::vec((0u16..64, 0usize..3), 1..20),
+        ) {
+            let h = sim();
+            let mut f = connected(&h);
+            h.0.borrow_mut().be.script = Some(answers.iter().copied().collect());
+            let a = PciAddress::new(0, 0, 0, 0);
+            let mut expect = answers.iter().copied();
+            for (slot, sz) in reads {
+                let size = [1u8, 2, 4][sz];
+                let offset = slot * 4;
+                let (err, value) = expect.next().unwrap_or((0, 0));
+                match f.conf_read(a, offset, size) {
+                    Ok(v) => {
+                        proptest::prop_assert_eq!(err, 0);
+                        let mask = if size == 4 { u32::MAX } else { (1u32 << (8 * size)) - 1 };
+                        proptest::prop_assert_eq!(v, value & mask);
+                    }
+                    Err(PcifrontError::Op { err: e, .. }) => {
+                        proptest::prop_assert_ne!(err, 0);
+                        proptest::prop_assert_eq!(e.0, err);
+                    }
+                    Err(other) => proptest::prop_assert!(false, "unexpected {:?}", other),
+                }
+            }
+            // A scan against garbage answers ends, with a bounded number of operations (at most
+            // 32 devices x (3 reads + header) + 7 functions x 3 reads each, per root).
+            h.0.borrow_mut().be.seen.clear();
+            let _ = f.scan();
+            proptest::prop_assert!(h.0.borrow().be.seen.len() <= 32 * (4 + 7 * 3));
+        }
+
         #[test]
         fn address_roundtrips(seg: u16, bus: u8, dev in 0u8..32, func in 0u8..8) {
             let a = PciAddress::new(seg, bus, dev, func);
