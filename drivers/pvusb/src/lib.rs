@@ -610,7 +610,11 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
                     "pvusb: {be}: invalid (frontend {frontend:?}, num-ports {num_ports:?}, usb-ver {usb_ver:?}); not served"
                 );
             }
-            let _ = self.xs_write(&format!("{be}/state"), "6");
+            // Closed, written once: our own write fires our watch again.
+            let st = format!("{be}/state");
+            if self.xs_read(&st)?.as_deref() != Some("6") {
+                self.xs_write(&st, "6")?;
+            }
             return Ok(false);
         }
         let num_ports = num_ports.unwrap() as u8;

@@ -189,6 +189,10 @@ impl World {
                 f.poll();
             }
         }
+        // Settled: the backend does not keep writing to xenstore in reaction to its own writes.
+        self.be.process_xenstore(&mut self.hc).unwrap();
+        let (events, _) = crate::Store::take_events(self.be.xenstore()).unwrap();
+        assert!(events.is_empty(), "backend not quiescent: {events:?}");
     }
 
     pub fn be_stats(&self) -> xenidc::sim::DomStats {

@@ -650,6 +650,9 @@ fn invalid_controllers_are_not_served() {
         w.run(&mut [&mut f]);
         assert_eq!(w.be_state(FE, 0), Some(6), "ports {ports} ver {ver}");
         assert!(w.be.frontends().is_empty());
+        w.be.process_xenstore(&mut w.hc).unwrap();
+        let (events, _) = crate::Store::take_events(w.be.xenstore()).unwrap();
+        assert!(events.is_empty(), "no write loop: {events:?}");
     }
 }
 
