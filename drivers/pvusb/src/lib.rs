@@ -45,9 +45,9 @@
 //!
 //! # Wiring into the kernel (Xen PV)
 //! - `H`: the domain's `xenidc::xen::XenHypervisor`. The kernel shares it (`Rc<RefCell<Ctx>>`), so
-//!   it passes a handle type that implements [`Hypervisor`] by borrowing the shared one per call
-//!   (keeping its own copy of the xenstore page view for `xenstore_page`). The backend never holds
-//!   a borrow across calls.
+//!   it passes a [`SharedHv`] (`SharedHv::new(ctx.clone(), |c| &c.hv, |c| &mut c.hv, xs_page_view,
+//!   store_port)`), which borrows the shared one per call. The backend never holds a borrow across
+//!   calls; the kernel must not hold one while calling the backend.
 //! - `S`: a [`Store`] over the kernel's xenstore connection (`read`/`write`/`mkdir`/`rm`/
 //!   `directory`/`watch`/`unwatch`; `take_events` may return nothing when the kernel takes the
 //!   events itself and passes the backend's to [`Backend::handle_events`]).
@@ -75,6 +75,7 @@ extern crate alloc;
 pub mod link;
 pub mod path;
 pub mod ratelimit;
+pub mod shared;
 pub mod shared_ring;
 pub mod store;
 pub mod superspeed;
@@ -103,6 +104,7 @@ use xenidc::xenstore::WatchEvent;
 
 pub use link::{LinkStats, VPort};
 pub use path::PortPath;
+pub use shared::SharedHv;
 pub use store::{ClientStore, Store, StoreError};
 
 use link::{Env, Link};
