@@ -51,15 +51,19 @@
 //! - `S`: a [`Store`] over the kernel's xenstore connection (`read`/`write`/`mkdir`/`rm`/
 //!   `directory`/`watch`/`unwatch`; `take_events` may return nothing when the kernel takes the
 //!   events itself and passes the backend's to [`Backend::handle_events`]).
-//! - One backend per controller (`Config::controller` = 1, 2, … in the order the controllers are
-//!   brought up; `zero_copy` = true on PV with an IOMMU).
+//! - One backend per usbdom, over one controller (`Config::controller` = 1; `zero_copy` = true on
+//!   PV with an IOMMU). Every backend instance watches all of `backend/vusb`, so two instances
+//!   would both serve each frontend: exporting a second controller needs one backend driving
+//!   several controllers (not done).
 //! - Loop: xenstore events → `handle_events` (tokens [`Backend::owns_token`]); [`Backend::tick`]
-//!   when the time it asked for has come; then
-//!   `while process_rings(&mut bus.hc) {}`; then [`Backend::poll_bus`] (completions, root port
-//!   changes); now and then `bus.poll_hubs()` → [`Backend::handle_bus_events`]; then block on all
-//!   ports (xenstore, controller interrupt, the ports the backend bound through the hypervisor)
-//!   with a short timeout as a polling fallback. At start: [`Backend::start`], then `bus.scan()`
-//!   → [`Backend::handle_bus_events`].
+//!   when the time it asked for has come; [`Backend::process_rings`] once per round (if it returns
+//!   true, a ring had more than one round's budget: don't block this round — looping on it instead
+//!   would let a frontend that keeps its ring full starve everything else); [`Backend::poll_bus`]
+//!   (completions, root port changes); now and then `bus.poll_hubs()` →
+//!   [`Backend::handle_bus_events`]; then block on all ports (xenstore, controller interrupt via
+//!   `XenHypervisor::watch_port`, the ports the backend bound through the hypervisor) with a short
+//!   timeout as the polling fallback. At start: [`Backend::start`], then `bus.scan()` →
+//!   [`Backend::handle_bus_events`].
 //!
 //! # Limits
 //! Isochronous transfers are refused (`USBIF_STATUS_INVAL`); SuperSpeed devices are shown as
