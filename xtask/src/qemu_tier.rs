@@ -109,6 +109,30 @@ pub const SCENARIOS: &[Scenario] = &[
         ],
         timeout_s: 180,
     },
+    // The same behind a full-speed hub (QEMU usb-hub): enumeration through the hub, hot-unplug and
+    // re-plug on hub ports (usb-core's hub polling over UHCI control transfers).
+    Scenario {
+        name: "uhci-hub",
+        devices: &[
+            ("-device", "piix3-usb-uhci,id=usbc"),
+            STICK,
+            ("-device", "usb-storage,bus=usbc.0,port=1,drive=stick"),
+            ("-device", "usb-hub,bus=usbc.0,port=2,id=hub"),
+            ("-device", "usb-kbd,bus=usbc.0,port=2.1,id=kbd"),
+        ],
+        cmdline: "usbdom.selftest=uhci",
+        disk_mib: 4,
+        actions: &[
+            ("uhci: keyboard ready", "sendkey a"),
+            ("uhci: keyboard ready", "sendkey b"),
+            ("uhci: unplug keyboard", "device_del kbd"),
+            (
+                "uhci: plug keyboard",
+                "device_add usb-kbd,bus=usbc.0,port=2.3,id=kbd2",
+            ),
+        ],
+        timeout_s: 180,
+    },
 ];
 
 /// The self-test name in a command line (`usbdom.selftest=<name>`).
