@@ -24,7 +24,8 @@
 //! CBW, 52 for the 1024 data packets (20 per frame), one for the CSW, i.e. 1214 bytes/frame =
 //! 94.8 % of the cap.  Whole-image runs on the shared 2-core build host measured 91–95 % when it
 //! was less loaded and 73–88 % when it was busy (QEMU's frame timer then runs frames in bursts,
-//! and a transfer linked after a burst waits for the next one).  128 KiB commands were slower on QEMU 7.2 (107–127 frames).
+//! and a transfer linked after a burst waits for the next one).  128 KiB commands were slower on
+//! QEMU 7.2 (107–127 frames each).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
