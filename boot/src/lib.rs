@@ -8,7 +8,8 @@
 //! * **PVH** (plain QEMU `-kernel`, or Xen `type="pvh"`): the loader reads `XEN_ELFNOTE_PHYS32_ENTRY`
 //!   and enters [`_start_pvh`] in 32-bit protected mode, paging off, `%ebx` = physical address of
 //!   `hvm_start_info` (`include/public/arch-x86/hvm/start_info.h`). We build identity page tables for
-//!   the first 4 GiB (2 MiB pages; 3..4 GiB, the PCI MMIO hole, uncached), enable long mode, load a GDT,
+//!   the first 4 GiB (2 MiB pages; 3..4 GiB, the PCI MMIO hole, uncached; the first 2 MiB in 4 KiB
+//!   pages so page 0 can be unmapped later as a null-pointer guard), enable long mode, load a GDT,
 //!   switch to our stack and call `usbdom_pvh_main(hvm_start_info_paddr)`.
 //!
 //! The hypercall page is page-aligned in `.text` and pre-filled with `ret` (0xc3) so an early or
@@ -103,6 +104,18 @@ _start_pvh:
     add $8, %edi
     loop 2b
 
+    /* PT0: the first 2 MiB in 4 KiB pages, so the kernel can unmap page 0 (null-pointer guard)
+     * once it has read the boot information the loader left there. */
+    mov $pvh_pt0, %edi
+    xor %ecx, %ecx
+8:  mov %ecx, %eax
+    shl $12, %eax
+    or $0x3, %eax
+    mov %eax, (%edi,%ecx,8)
+    inc %ecx
+    cmp $512, %ecx
+    jb 8b
+
     mov $pvh_pd, %edi
     xor %ecx, %ecx
 3:  mov %ecx, %eax
@@ -115,6 +128,9 @@ _start_pvh:
     inc %ecx
     cmp $2048, %ecx
     jb 3b
+    mov $pvh_pt0, %eax
+    or $0x3, %eax
+    mov %eax, pvh_pd            /* PD[0] -> PT0 instead of a 2 MiB page */
 
     mov %cr4, %eax
     or $0x20, %eax              /* PAE */
@@ -219,6 +235,9 @@ pvh_pdpt:
     .skip 4096
 pvh_pd:
     .skip 4 * 4096
+    .global pvh_pt0
+pvh_pt0:
+    .skip 4096
     .global xen_shared_info_page
 xen_shared_info_page:
     .skip 4096
@@ -241,6 +260,8 @@ extern "C" {
     static EXCEPTION_STUBS_PVH: u8;
     #[link_name = "exception_stubs_pv"]
     static EXCEPTION_STUBS_PV: u8;
+    #[link_name = "pvh_pt0"]
+    static PVH_PT0: u8;
     #[link_name = "boot_stack_bottom"]
     static BOOT_STACK_BOTTOM: u8;
 }
@@ -272,6 +293,12 @@ pub fn exception_stubs() -> (usize, usize) {
         core::ptr::addr_of!(EXCEPTION_STUBS_PVH) as usize,
         core::ptr::addr_of!(EXCEPTION_STUBS_PV) as usize,
     )
+}
+
+/// Address of the PVH page table that maps the first 2 MiB with 4 KiB pages (identity, writable
+/// by the kernel under PVH).
+pub fn pvh_first_page_table() -> usize {
+    core::ptr::addr_of!(PVH_PT0) as usize
 }
 
 /// Distance between two exception stubs.

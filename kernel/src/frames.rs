@@ -90,6 +90,21 @@ impl FrameAllocator {
         None
     }
 
+    /// Mark `n` frames starting at `frame` as in use (frames outside the range are ignored).
+    pub fn reserve(&mut self, frame: u64, n: usize) {
+        for k in 0..n as u64 {
+            let f = frame + k;
+            if f < self.first || f >= self.first + self.count as u64 {
+                continue;
+            }
+            let i = (f - self.first) as usize;
+            if !self.is_used(i) {
+                self.set(i, true);
+                self.free -= 1;
+            }
+        }
+    }
+
     /// Free `n` frames starting at `frame` (double frees and foreign frames are ignored).
     pub fn free(&mut self, frame: u64, n: usize) {
         for k in 0..n as u64 {

@@ -55,6 +55,7 @@ pub extern "C" fn usbdom_pvh_main(start_info_pa: u64) -> ! {
         exit::exit(exit::Exit::Crash);
     };
     cmdline::set(info.cmdline);
+    arch::pvh_unmap_page0();
     log::info!(target: "usbdom",
         "image {img_start:#x}..{img_end:#x}, TSC {} MHz, cmdline '{}'", khz / 1000, info.cmdline);
     // DMA pool: up to 16 MiB of the RAM after the image.

@@ -96,3 +96,15 @@ pub fn halt_forever() -> ! {
         unsafe { asm!("cli; hlt", options(nomem, nostack)) };
     }
 }
+
+/// PVH: unmap virtual page 0 (null-pointer guard) in `boot/`'s identity map. Call once the boot
+/// information the loader left in low memory has been copied.
+pub fn pvh_unmap_page0() {
+    let pt0 = boot::pvh_first_page_table() as *mut u64;
+    // SAFETY: PVH only (ring 0, boot/'s page tables are ordinary writable identity-mapped memory);
+    // entry 0 maps page 0, which holds nothing we still use.
+    unsafe {
+        core::ptr::write_volatile(pt0, 0);
+        asm!("invlpg [{}]", in(reg) 0usize, options(nostack, preserves_flags));
+    }
+}

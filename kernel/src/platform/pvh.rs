@@ -66,9 +66,10 @@ pub unsafe fn parse_start_info(pa: u64, image_end: u64) -> Option<PvhBootInfo> {
         {
             n += 1;
         }
-        // SAFETY: the bytes stay untouched for the rest of the run (loader data).
+        // SAFETY: loader data in identity-mapped RAM, read once here.
         let bytes = unsafe { core::slice::from_raw_parts(cmdline_pa as *const u8, n) };
-        core::str::from_utf8(bytes).unwrap_or("")
+        // Copied: the loader's memory (page 0 included) is not kept mapped.
+        alloc::string::String::from(core::str::from_utf8(bytes).unwrap_or("")).leak()
     } else {
         ""
     };

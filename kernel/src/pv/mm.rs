@@ -110,17 +110,26 @@ pub fn init_p2m(mfn_list_va: usize, nr_pages: usize) {
     NR_PAGES.store(nr_pages, Ordering::SeqCst);
 }
 
-/// Set up the allocator: free frames are those after Xen's page tables and boot stack.
+/// Set up the allocator. Free frames: those below the image (VIRT_BASE = 0 and the image at 1 MiB
+/// leave pfns 1..256 unused) and those after Xen's page tables and boot stack; pfn 0 is unmapped so
+/// a null pointer dereference faults.
 pub fn init(si: &StartInfo) {
     init_p2m(si.mfn_list as usize, si.nr_pages as usize);
     PT_BASE.store(si.pt_base as usize, Ordering::SeqCst);
-    // Xen's builder puts, in order: image, p2m list, start_info, xenstore, console, page tables,
-    // boot stack. Skip a few pages of slack after the page tables.
-    let first = (si.pt_base as usize / PAGE_SIZE) as u64 + si.nr_pt_frames + 4;
-    let (_, img_end) = boot::image_range();
-    let first = first.max(img_end.div_ceil(PAGE_SIZE) as u64);
-    let count = (si.nr_pages).saturating_sub(first) as usize;
-    STATE.lock().frames.init(first, count);
+    // Xen's builder puts, from the image start upwards: image, p2m list, start_info, xenstore,
+    // console, page tables, boot stack. Keep a few pages of slack after the page tables.
+    let (img_start, img_end) = boot::image_range();
+    let used_from = (img_start / PAGE_SIZE) as u64;
+    let used_to = ((si.pt_base as usize / PAGE_SIZE) as u64 + si.nr_pt_frames + 4)
+        .max(img_end.div_ceil(PAGE_SIZE) as u64);
+    let count = (si.nr_pages as usize).saturating_sub(1);
+    let mut st = STATE.lock();
+    st.frames.init(1, count);
+    st.frames.reserve(used_from, (used_to - used_from) as usize);
+    drop(st);
+    // Null-pointer guard: unmap page 0 (its frame simply stays unused).
+    // SAFETY: nothing lives at virtual address 0.
+    let _ = unsafe { hcall::update_va_mapping(0, 0, hcall::UVMF_INVLPG) };
 }
 
 /// Number of pages [`alloc_pages`] can still hand out.

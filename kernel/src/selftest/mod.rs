@@ -6,7 +6,7 @@
 //! ## Adding a self-test
 //! Add `pub mod mytest;` and one `"mytest" => mytest::run(platform),` line to [`dispatch`]; `run`
 //! has the signature `fn run<P: Platform>(platform: &P) -> Result<(), String>`. Tests of the kernel
-//! core alone (no platform) go in `dispatch_core` (`unit`, `pvmm`, and `panic` / `fault`, which
+//! core alone (no platform) go in `dispatch_core` (`unit`, `pvmm`, and `panic` / `fault` / `null`, which
 //! must end in `PANIC at ...` + `SELFTEST FAIL <name>: panic` + the crash exit, status 35).
 //!
 //! ## What a self-test gets: [`crate::platform::Platform`]
@@ -70,6 +70,13 @@ fn dispatch_core(name: &str, cmdline: &str) -> Option<Result<(), String>> {
                 "read of an unmapped address returned {v:#x} instead of faulting"
             ))
         }
+        "null" => {
+            // SAFETY: not sound on purpose: page 0 is unmapped on both platforms; must fault.
+            let v = unsafe { core::ptr::read_volatile(8 as *const u64) };
+            Err(format!(
+                "read of address 8 returned {v:#x} instead of faulting"
+            ))
+        }
         _ => return None,
     })
 }
@@ -102,7 +109,7 @@ pub fn run<P: Platform>(name: &'static str, platform: &P) -> ! {
 
 /// Whether `name` is a self-test that needs no platform (`unit`, `pvmm`).
 pub fn is_core(name: &str) -> bool {
-    matches!(name, "unit" | "pvmm" | "panic" | "fault")
+    matches!(name, "unit" | "pvmm" | "panic" | "fault" | "null")
 }
 
 /// Run a self-test that needs no platform (kernel core only).

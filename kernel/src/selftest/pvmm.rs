@@ -7,6 +7,7 @@
 
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 
 use crate::pv::hcall::DOMID_SELF;
 use crate::pv::mm::{self, PAGE_RW, PAGE_SIZE};
@@ -67,19 +68,35 @@ pub fn run(cmdline: &str) -> Result<(), String> {
     unsafe { mm::unmap(alias, 1) }.map_err(|e| format!("unmap: {e}"))?;
     check!(mm::lookup(alias) == 0, "alias still mapped after unmap");
     mm::free_pages_at(va, 3);
-    // 3. Most of the remaining memory: forces mappings beyond Xen's initial 4 MiB-aligned area.
+    // 3. All remaining memory in 64-page chunks: forces mappings beyond Xen's initial
+    //    4 MiB-aligned area (and uses the pfns below the image).
     let free = mm::free_pages();
-    let n = free.saturating_sub(64);
-    let big = mm::alloc_pages(n).map_err(|e| format!("alloc_pages({n}): {e}"))?;
-    let last = big + (n - 1) * PAGE_SIZE;
-    wr(last, 42);
+    let mut chunks: Vec<usize> = Vec::new();
+    while let Ok(c) = mm::alloc_pages(64) {
+        let last = c + 63 * PAGE_SIZE;
+        wr(last, c as u64);
+        check!(
+            rd(last) == c as u64,
+            "last page of chunk {c:#x} not writable"
+        );
+        chunks.push(c);
+    }
+    let lowest = chunks.iter().copied().min().unwrap_or(0);
+    let highest = chunks.iter().copied().max().unwrap_or(0) + 64 * PAGE_SIZE;
     check!(
-        rd(last) == 42,
-        "last page of a large allocation not writable"
+        mm::free_pages() < 128, // two free ranges, each may keep < 64
+        "{} pages left although 64-page chunks failed",
+        mm::free_pages()
     );
-    log::info!(target: "pvmm", "allocated {n} pages {big:#x}..{:#x}, page-table pool pages used {}",
-        last + PAGE_SIZE, mm::pt_pool_used());
-    mm::free_pages_at(big, n);
+    check!(
+        highest > 4 << 20,
+        "no page above the initial mapping was handed out ({highest:#x})"
+    );
+    log::info!(target: "pvmm", "allocated {} pages in {} chunks {lowest:#x}..{highest:#x}, page-table pool pages used {}",
+        chunks.len() * 64, chunks.len(), mm::pt_pool_used());
+    for c in chunks {
+        mm::free_pages_at(c, 64);
+    }
     check!(
         mm::free_pages() == free,
         "pages lost: {} free, want {free}",

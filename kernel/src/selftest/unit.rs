@@ -67,6 +67,11 @@ fn frames() -> Result<(), String> {
     );
     let d = fa.alloc(4, 1, 0).ok_or("realloc")?;
     check!(d == 101, "first fit after free at {d}, want 101");
+    fa.reserve(105, 3); // 105..108 are free here; reserve them
+    check!(
+        fa.alloc(1, 1, 0) == Some(108),
+        "reserved frames were handed out"
+    );
     Ok(())
 }
 
