@@ -1157,6 +1157,23 @@ impl<P: Platform> HostController for Xhci<P> {
             return Ok(false);
         };
         let dev = DeviceId(slot);
+        {
+            let sl = self.slot(dev)?;
+            let ep = sl.eps[d as usize].as_ref().expect("found");
+            let o = self.layout.output_ep(d);
+            let deq = sl.out_ctx.read64(o + 8);
+            let td = &ep.tds[ep.tds.iter().position(|t| t.id == id).expect("found")];
+            log::debug!(
+                "xhci: cancel {id:?} slot {slot} ep {d}: state {} deq {deq:#x}, TD at {:#x} ({} TRBs), {} queued, USBSTS {:#x}, {} events, ERDP {:#x}",
+                sl.out_ctx.read32(o) & 7,
+                ep.ring.addr(td.pos.start),
+                td.pos.indices.len(),
+                ep.tds.len(),
+                self.regs.read32(self.op + USBSTS),
+                self.stats.events,
+                self.regs.read64(self.rt + IR0 + ERDP)
+            );
+        }
         let gone = self.slot(dev)?.gone;
         let halted = self.slot(dev)?.eps[d as usize]
             .as_ref()

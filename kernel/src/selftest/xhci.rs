@@ -332,6 +332,22 @@ fn keyboard_test<P: Platform>(
         log::info!(target: "xhci", "keyboard report {:02x?} ({} bytes)", rep, c.actual);
         if rep[2..].iter().any(|&k| k != 0) {
             log::info!(target: "xhci", "key usage {:#04x} received", rep[2]);
+            // Take the release report too (sendkey releases after ~100 ms) so that it does not
+            // satisfy a later transfer.
+            let id = bus
+                .hc
+                .submit(&req)
+                .map_err(|e| format!("keyboard submit: {e}"))?;
+            match wait_completion(bus, id, 2_000, &mut ports) {
+                Some(c) => {
+                    buf.read_bytes(0, &mut rep);
+                    log::info!(target: "xhci", "keyboard report {:02x?} ({:?})", rep, c.result);
+                }
+                None => {
+                    let _ = bus.hc.cancel(id);
+                    let _ = wait_completion(bus, id, 1_000, &mut ports);
+                }
+            }
             return Ok(());
         }
     }
@@ -358,15 +374,29 @@ fn hotplug_test<P: Platform>(
         buffer: &seg,
         flags: TransferFlags::empty(),
     };
-    let id = bus
+    let mut id = bus
         .hc
         .submit(&req)
         .map_err(|e| format!("keyboard submit: {e}"))?;
     log::info!(target: "xhci", "XHCI-ACTION unplug: interrupt transfer outstanding on {route}");
     let mut ports = Vec::new();
-    let c = wait_completion(bus, id, 30_000, &mut ports).ok_or_else(|| {
-        String::from("outstanding transfer not completed within 30 s of the unplug")
-    })?;
+    let mut c;
+    let mut reports = 0;
+    loop {
+        c = wait_completion(bus, id, 30_000, &mut ports).ok_or_else(|| {
+            String::from("outstanding transfer not completed within 30 s of the unplug")
+        })?;
+        // A report still queued in the keyboard completes first; keep a transfer outstanding.
+        if c.result.is_ok() && reports < 8 {
+            reports += 1;
+            id = bus
+                .hc
+                .submit(&req)
+                .map_err(|e| format!("keyboard submit: {e}"))?;
+            continue;
+        }
+        break;
+    }
     if c.result != Err(HcError::NoDevice) {
         return Err(format!(
             "transfer on the unplugged keyboard ended with {:?}, want no-device",
