@@ -104,14 +104,14 @@ impl PcifrontHost for FrontHost {
         if !self.watched.iter().any(|p| p == path) {
             // A watch makes the backend's change wake us; without it we still re-read every
             // MAX_SLEEP_NS.
-            if c.xs.watch(path, "pcifront").is_ok() {
+            if c.xs.watch(path, "pcifront:backend-state").is_ok() {
                 self.watched.push(String::from(path));
             }
         }
-        let _ = c.xs.take_events();
+        let _ = c.xs.take_events("pcifront:");
         let until = deadline_ns.min(time::now_ns() + MAX_SLEEP_NS);
         c.xs.wait(until);
-        let _ = c.xs.take_events();
+        let _ = c.xs.take_events("pcifront:");
     }
 
     fn now_ns(&self) -> u64 {

@@ -4,6 +4,8 @@
 //! it is mapped (`GTF_reading/writing`), can after the unmap; copies through a grant
 //! (`GNTTABOP_copy`); and sends itself an event over a loopback inter-domain channel
 //! (`EVTCHNOP_alloc_unbound` + `bind_interdomain` + `send`, seen with `SCHEDOP_poll`).
+//! It also checks the shared xenstore connection: the PVUSB backend's [`XsStore`] writes, lists,
+//! removes and watches under our `data/` directory, and its watch events reach it and nobody else.
 //! Every wait has a deadline; every failure names the step.
 
 use alloc::format;
@@ -14,14 +16,21 @@ use xenidc::abi::DomId;
 use xenidc::hypervisor::{CopyOp, CopyPtr, Hypervisor};
 use xenidc::shm::SharedMem;
 
+use super::store::XsStore;
 use super::Ctx;
 use crate::time;
+use alloc::rc::Rc;
+use core::cell::RefCell;
+use pvusb::store::Store;
 
 fn step<T, E: core::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, String> {
     r.map_err(|e| format!("{what}: {e}"))
 }
 
-pub fn run(ctx: &mut Ctx) -> Result<(), String> {
+pub fn run(shared: &Rc<RefCell<Ctx>>) -> Result<(), String> {
+    store_demux(shared)?;
+    let mut guard = shared.borrow_mut();
+    let ctx = &mut *guard;
     let me: u16 = match ctx.xs.read("domid") {
         Ok(Some(d)) => d
             .trim()
@@ -189,5 +198,58 @@ fn dma_contiguous() -> Result<(), String> {
         }
     }
     log::info!(target: "xenhv", "DMA: 1..16-page buffers machine-contiguous, aligned, zeroed (twice)");
+    Ok(())
+}
+
+/// The backend's view of xenstore ([`XsStore`]) on the shared connection, with event
+/// demultiplexing by token prefix.
+fn store_demux(shared: &Rc<RefCell<Ctx>>) -> Result<(), String> {
+    let mut st = XsStore::new(shared.clone());
+    step("mkdir data/xenhv", st.mkdir("data/xenhv"))?;
+    step("write data/xenhv/a", st.write("data/xenhv/a", "1"))?;
+    let v = step("read data/xenhv/a", st.read("data/xenhv/a"))?;
+    if v.as_deref() != Some("1") {
+        return Err(format!("data/xenhv/a reads {v:?}"));
+    }
+    let dir = step("directory data/xenhv", st.directory("data/xenhv"))?;
+    if dir != ["a"] {
+        return Err(format!("data/xenhv lists {dir:?}"));
+    }
+    step("watch data/xenhv", st.watch("data/xenhv", "t1"))?;
+    // Another user's watch on the same node.
+    step(
+        "usbdom watch",
+        shared.borrow_mut().xs.watch("data/xenhv", "usbdom:xenhv"),
+    )?;
+    step("write data/xenhv/b", st.write("data/xenhv/b", "2"))?;
+    let deadline = time::now_ns() + 5_000_000_000;
+    let mut got = alloc::vec::Vec::new();
+    while time::now_ns() < deadline {
+        let (ev, _) = step("take_events", st.take_events())?;
+        got.extend(ev);
+        if got.iter().any(|e| e.path.ends_with("data/xenhv/b")) {
+            break;
+        }
+        shared.borrow_mut().xs.wait(deadline);
+    }
+    if !got.iter().any(|e| e.path.ends_with("data/xenhv/b")) {
+        return Err(format!("no watch event for data/xenhv/b (got {got:?})"));
+    }
+    if got.iter().any(|e| e.token != "t1") {
+        return Err(format!("the backend got events of another user: {got:?}"));
+    }
+    let (mine, _) = step(
+        "usbdom events",
+        shared.borrow_mut().xs.take_events("usbdom:"),
+    )?;
+    if !mine.iter().all(|e| e.token == "usbdom:xenhv") || mine.is_empty() {
+        return Err(format!("the usbdom user's events are wrong: {mine:?}"));
+    }
+    step("unwatch", st.unwatch("data/xenhv", "t1"))?;
+    step("rm data/xenhv", st.rm("data/xenhv"))?;
+    if step("read after rm", st.read("data/xenhv/a"))?.is_some() {
+        return Err(String::from("data/xenhv/a still there after rm"));
+    }
+    log::info!(target: "xenhv", "xenstore shared by token prefix: backend got {} event(s), usbdom {}", got.len(), mine.len());
     Ok(())
 }

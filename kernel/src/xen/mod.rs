@@ -22,6 +22,7 @@ pub mod front;
 pub mod hvtest;
 pub mod irq;
 pub mod platform;
+pub mod store;
 pub mod xs;
 
 use alloc::format;
@@ -50,7 +51,7 @@ pub struct Ctx {
 }
 
 const SHUTDOWN_PATH: &str = "control/shutdown";
-const SHUTDOWN_TOKEN: &str = "shutdown";
+const SHUTDOWN_TOKEN: &str = "usbdom:shutdown";
 
 fn fail(msg: &str) -> ! {
     log::error!(target: "error", "{msg}");
@@ -65,7 +66,7 @@ pub fn run(si: &StartInfo, selftest: Option<&'static str>) -> ! {
     if selftest == Some("xenhv") {
         // Needs no PCI device: runs before pcifront.
         log::info!(target: "selftest", "running self-test xenhv on xen-pv");
-        match hvtest::run(&mut ctx.borrow_mut()) {
+        match hvtest::run(&ctx) {
             Ok(()) => {
                 log::info!(target: "selftest", "SELFTEST PASS xenhv");
                 exit::exit(Exit::Pass)
@@ -140,6 +141,7 @@ fn platform_from(ctx: Rc<RefCell<Ctx>>) -> XenPlatform {
 /// then serve until `xl shutdown`.
 pub fn serve(platform: &XenPlatform) -> ! {
     let mut hosts = 0;
+    let mut controllers = alloc::vec::Vec::new();
     for f in platform.functions() {
         log_function(f);
         if !is_supported_host(&f.id) {
@@ -154,7 +156,7 @@ pub fn serve(platform: &XenPlatform) -> ! {
         }
         hosts += 1;
         match bring_up(platform, f) {
-            Ok(()) => {}
+            Ok(c) => controllers.push(c),
             Err(e) if e.is_empty() => exit::exit(Exit::Crash),
             Err(e) => fail(&e),
         }
@@ -164,11 +166,20 @@ pub fn serve(platform: &XenPlatform) -> ! {
     }
 
     log::info!(target: "usbdom", "ready");
+    // The PVUSB backend serves the first controller (one backend per usbdom).
+    if let Some(c) = controllers.into_iter().next() {
+        if let Err(e) = crate::backend::serve(platform, c) {
+            log::error!(target: "error", "{e}");
+        }
+    }
     service(platform.ctx())
 }
 
 /// Map the controller's registers, log them, bind its interrupt and (xHCI) receive one.
-fn bring_up(p: &XenPlatform, f: &PciFunction<FrontConfig>) -> Result<(), String> {
+fn bring_up(
+    p: &XenPlatform,
+    f: &PciFunction<FrontConfig>,
+) -> Result<crate::backend::Controller, String> {
     let xhci = f.id.class == hal::PciId::CLASS_USB_XHCI;
     let bar = if xhci { 0 } else { 4 };
     // `map_bar` and `bind_interrupt` log their own `error:` line (cause and fix); an empty
@@ -200,52 +211,64 @@ fn bring_up(p: &XenPlatform, f: &PciFunction<FrontConfig>) -> Result<(), String>
         log::info!(target: "irq", "{}: UHCI interrupt bound ({}); no interrupt test for UHCI yet",
             f.addr, p.irq_description());
     }
-    Ok(())
+    Ok(crate::backend::Controller {
+        addr: f.addr,
+        xhci,
+        regs,
+        irq,
+    })
+}
+
+/// Watch `control/shutdown` (for [`check_shutdown`]).
+pub(crate) fn watch_shutdown(ctx: &Rc<RefCell<Ctx>>) {
+    if let Err(e) = ctx.borrow_mut().xs.watch(SHUTDOWN_PATH, SHUTDOWN_TOKEN) {
+        log::warn!(target: "usbdom", "cannot watch {SHUTDOWN_PATH} ({e}): xl shutdown will need xl destroy");
+    }
+}
+
+/// Act on a `control/shutdown` request, if one came (does not return then).
+pub(crate) fn check_shutdown(ctx: &Rc<RefCell<Ctx>>) {
+    let mut c = ctx.borrow_mut();
+    let (events, lost) = match c.xs.take_events("usbdom:") {
+        Ok(ev) => ev,
+        Err(e) => {
+            drop(c);
+            fail(&format!("xenstore connection broken: {e}"));
+        }
+    };
+    if lost || events.iter().any(|e| e.token == SHUTDOWN_TOKEN) {
+        if let Ok(Some(req)) = c.xs.read(SHUTDOWN_PATH) {
+            let req = String::from(req.trim_end_matches('\0'));
+            match req.as_str() {
+                "" => {}
+                "poweroff" | "halt" | "reboot" => {
+                    // Acknowledge as Linux does, so the toolstack sees we got it.
+                    let _ = c.xs.write(SHUTDOWN_PATH, "");
+                    log::info!(target: "usbdom", "shutdown ({req})");
+                    drop(c);
+                    if req == "reboot" {
+                        loop {
+                            ops::sched_shutdown(reason::REBOOT);
+                        }
+                    }
+                    exit::exit(Exit::Poweroff);
+                }
+                other => {
+                    log::warn!(target: "usbdom", "unsupported shutdown request {other:?} ignored");
+                    let _ = c.xs.write(SHUTDOWN_PATH, "");
+                }
+            }
+        }
+    }
 }
 
 /// Wait for `control/shutdown` and act on it.
 fn service(ctx: &Rc<RefCell<Ctx>>) -> ! {
-    if let Err(e) = ctx.borrow_mut().xs.watch(SHUTDOWN_PATH, SHUTDOWN_TOKEN) {
-        log::warn!(target: "usbdom", "cannot watch {SHUTDOWN_PATH} ({e}): xl shutdown will need xl destroy");
-    }
+    watch_shutdown(ctx);
     loop {
-        let mut c = ctx.borrow_mut();
-        let events = match c.xs.take_events() {
-            Ok(ev) => ev,
-            Err(e) => {
-                drop(c);
-                fail(&format!("xenstore connection broken: {e}"));
-            }
-        };
-        if events
-            .iter()
-            .any(|e| e.token == SHUTDOWN_TOKEN || e.path.is_empty())
-        {
-            if let Ok(Some(req)) = c.xs.read(SHUTDOWN_PATH) {
-                let req = String::from(req.trim_end_matches('\0'));
-                match req.as_str() {
-                    "" => {}
-                    "poweroff" | "halt" | "reboot" => {
-                        // Acknowledge as Linux does, so the toolstack sees we got it.
-                        let _ = c.xs.write(SHUTDOWN_PATH, "");
-                        log::info!(target: "usbdom", "shutdown ({req})");
-                        drop(c);
-                        if req == "reboot" {
-                            loop {
-                                ops::sched_shutdown(reason::REBOOT);
-                            }
-                        }
-                        exit::exit(Exit::Poweroff);
-                    }
-                    other => {
-                        log::warn!(target: "usbdom", "unsupported shutdown request {other:?} ignored");
-                        let _ = c.xs.write(SHUTDOWN_PATH, "");
-                    }
-                }
-            }
-        }
+        check_shutdown(ctx);
         // Block on xenstore (watch events) with a periodic wake-up as a safety net.
         let until = time::now_ns() + 1_000_000_000;
-        c.xs.wait(until);
+        ctx.borrow_mut().xs.wait(until);
     }
 }
