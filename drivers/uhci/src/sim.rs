@@ -145,6 +145,18 @@ impl TestDevice {
         self.descriptor()
     }
 
+    /// Configuration 1: one vendor interface with bulk IN 0x81, bulk OUT 0x02 (64 bytes) and
+    /// interrupt IN 0x83 (8 bytes, every 8 ms).
+    fn config_descriptor() -> Vec<u8> {
+        vec![
+            9, 2, 39, 0, 1, 1, 0, 0x80, 50, // configuration
+            9, 4, 0, 0, 3, 0xff, 0, 0, 0, // interface
+            7, 5, 0x81, 2, 64, 0, 0, // bulk IN
+            7, 5, 0x02, 2, 64, 0, 0, // bulk OUT
+            7, 5, 0x83, 3, 8, 0, 8, // interrupt IN
+        ]
+    }
+
     fn descriptor(&self) -> Vec<u8> {
         vec![
             18,
@@ -220,9 +232,13 @@ impl TestDevice {
             self.ctrl_data_dir_seen = None;
             self.ctrl_in.clear();
             match (s[0], s[1]) {
-                (0x80, 6) if s[3] == 1 => {
+                (0x80, 6) if s[3] == 1 || s[3] == 2 => {
                     let len = u16::from_le_bytes([s[6], s[7]]) as usize;
-                    let d = self.descriptor();
+                    let d = if s[3] == 1 {
+                        self.descriptor()
+                    } else {
+                        Self::config_descriptor()
+                    };
                     self.ctrl_in = d[..len.min(d.len())].iter().copied().collect();
                 }
                 (0x00, 5) => self.pending_addr = Some(s[2] & 0x7f),
@@ -234,8 +250,8 @@ impl TestDevice {
         let Some(s) = self.setup else {
             return Resp::Stall;
         };
-        let supported =
-            matches!((s[0], s[1]), (0x80, 6) | (0x00, 5) | (0x00, 9)) && !(s[1] == 6 && s[3] != 1);
+        let supported = matches!((s[0], s[1]), (0x80, 6) | (0x00, 5) | (0x00, 9))
+            && !(s[1] == 6 && s[3] != 1 && s[3] != 2);
         if !supported {
             return Resp::Stall;
         }

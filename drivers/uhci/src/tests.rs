@@ -1046,3 +1046,61 @@ fn babble_behind_a_hub_leaves_the_root_port_alone() {
         "root port still serves the hub"
     );
 }
+
+#[test]
+fn usb_core_bus_enumerates_and_hotplugs_over_uhci() {
+    use usb_core::{Bus, BusEvent};
+    let (sim, hc) = start();
+    let full = new_dev(false);
+    full.borrow_mut().ep0_mps = 64;
+    let low = new_dev(true);
+    sim.attach(0, full.clone());
+    sim.attach(1, low.clone());
+    let mut bus = Bus::new(hc, dma(&sim), sim.clock.clone()).unwrap();
+    let events = bus.scan();
+    let attached: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            BusEvent::Attached(d) => Some(*d),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(attached.len(), 2, "{events:?}");
+    assert_eq!((full.borrow().addr, low.borrow().addr), (1, 2));
+    assert_eq!((full.borrow().configured, low.borrow().configured), (1, 1));
+    let speeds: Vec<_> = bus.registry.iter().map(|d| d.info.speed).collect();
+    assert_eq!(speeds, vec![Speed::Full, Speed::Low]);
+    let dev1 = bus.registry.iter().next().unwrap().id;
+    // Bulk IN through the configured endpoint.
+    full.borrow_mut().bulk_in.extend(pattern(300, 8));
+    let a = dma(&sim).alloc(512, 64).unwrap();
+    let t = submit(
+        &mut bus.hc,
+        dev1,
+        BULK_IN,
+        &[seg(&a, 300)],
+        TransferFlags::empty(),
+    );
+    assert_eq!(bus.wait(t, 1000), Ok(300));
+    assert_eq!(read(&a, 300), pattern(300, 8));
+    assert_eq!(full.borrow().toggle_errors + low.borrow().toggle_errors, 0);
+    // Unplug the low-speed device: the bus sees the port change and detaches it.
+    sim.detach(1);
+    let mut detached = None;
+    for _ in 0..100 {
+        sim.advance_ms(1);
+        if let Some(HcEvent::PortChange(p)) = bus.poll() {
+            for e in bus.handle_root_port(p) {
+                if let BusEvent::Detached(d, r) = e {
+                    detached = Some((d, r));
+                }
+            }
+        }
+        if detached.is_some() {
+            break;
+        }
+    }
+    let (_, route) = detached.expect("detach reported");
+    assert_eq!(route, Route::root(2));
+    assert_eq!(bus.registry.len(), 1);
+}
