@@ -19,11 +19,15 @@
 //! `kernel/build.rs` passes it.
 #![no_std]
 
+#[cfg(target_os = "none")]
 use core::arch::global_asm;
 
 /// Size of the boot stack (both entries use the same one; only one ever runs).
 pub const BOOT_STACK_SIZE: usize = 64 * 1024;
 
+// The entry code only exists in the bare-metal kernel build; on the host (e.g. `cargo test
+// --workspace`) the crate compiles to nothing but its constants.
+#[cfg(target_os = "none")]
 global_asm!(
     r#"
     .macro xen_elfnote_str type, str
@@ -251,6 +255,7 @@ boot_stack_top:
     options(att_syntax)
 );
 
+#[cfg(target_os = "none")]
 extern "C" {
     static __image_start: u8;
     static __image_end: u8;
@@ -266,6 +271,7 @@ extern "C" {
     static BOOT_STACK_BOTTOM: u8;
 }
 
+#[cfg(target_os = "none")]
 /// Virtual (= physical under PVH, = pseudo-physical under PV) address range `[start, end)` of the
 /// loaded image including `.bss`.
 pub fn image_range() -> (usize, usize) {
@@ -275,17 +281,20 @@ pub fn image_range() -> (usize, usize) {
     )
 }
 
+#[cfg(target_os = "none")]
 /// Address of the hypercall page.
 pub fn hypercall_page_addr() -> usize {
     core::ptr::addr_of!(hypercall_page) as usize
 }
 
+#[cfg(target_os = "none")]
 /// Address of a page-aligned, page-sized `.bss` page reserved for mapping Xen's `shared_info` frame
 /// over it (PV: `update_va_mapping`). Never accessed as Rust data.
 pub fn shared_info_page_addr() -> usize {
     core::ptr::addr_of!(xen_shared_info_page) as usize
 }
 
+#[cfg(target_os = "none")]
 /// Addresses of the CPU exception stubs: `(pvh, pv)`; stub for vector `n` (0..32) is at
 /// `base + 16 * n`. Both call `usbdom_exception(vector, error_code, rip, is_pv) -> !`.
 pub fn exception_stubs() -> (usize, usize) {
@@ -295,6 +304,7 @@ pub fn exception_stubs() -> (usize, usize) {
     )
 }
 
+#[cfg(target_os = "none")]
 /// Address of the PVH page table that maps the first 2 MiB with 4 KiB pages (identity, writable
 /// by the kernel under PVH).
 pub fn pvh_first_page_table() -> usize {
@@ -304,6 +314,7 @@ pub fn pvh_first_page_table() -> usize {
 /// Distance between two exception stubs.
 pub const EXCEPTION_STUB_SIZE: usize = 16;
 
+#[cfg(target_os = "none")]
 /// Lowest address of the boot stack (for overflow diagnostics).
 pub fn boot_stack_bottom() -> usize {
     core::ptr::addr_of!(BOOT_STACK_BOTTOM) as usize
