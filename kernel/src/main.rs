@@ -4,6 +4,16 @@
 //! through PVH). Both set up the console, logging, time and heap, then build their platform
 //! (`platform::pvh::PvhPlatform` or the Xen platform of `crate::xen`) and either run a self-test
 //! (`usbdom.selftest=<name>` on the command line) or the driver domain service.
+//!
+//! Build: `cargo build -p usbdom --target x86_64-unknown-none --release` (`build.rs` links with
+//! `boot/linker.ld`, non-PIE; nothing else to pass). Run under plain QEMU (PVH entry):
+//! `qemu-system-x86_64 -accel tcg -M q35 -m 64 -display none -serial stdio -no-reboot -kernel <elf>
+//! -append usbdom.selftest=probe -device isa-debug-exit,iobase=0xf4,iosize=0x04 -device qemu-xhci`
+//! (exit status 33 = pass, 35 = fail). Under Xen: `type="pv"`, `kernel=<elf>`, `memory=8`,
+//! `pci=['BDF']`; `extra="usbdom.selftest=<name>"` runs a self-test instead of the service.
+//! Kernel-core self-tests: `unit` (both), `pvmm` (Xen; optional `usbdom.bar0=<hex>`
+//! `usbdom.bar0size=<hex>`), and the expected-failure checks `panic`, `fault`, `null` (a `PANIC at`
+//! line, then `SELFTEST FAIL <name>: panic` and the crash exit).
 #![no_std]
 #![no_main]
 
