@@ -118,6 +118,9 @@ pub struct Xhci<P: Platform> {
     layout: Layout,
     max_slots: u8,
     max_ports: u8,
+    /// The controller can address 64-bit memory (HCCPARAMS1.AC64); without it every buffer must be
+    /// below 4 GiB.
+    ac64: bool,
     port_usb3: Vec<bool>,
     port_slot_type: Vec<u8>,
     dcbaa: Buf<P>,
@@ -264,6 +267,21 @@ impl<P: Platform> Xhci<P> {
         regs.write64(op + CRCR, cmd.base() | CRCR_RCS);
 
         let evt = EventRing::new(dma.alloc(RING_TRBS * 16, 64)?, dma.alloc(64, 64)?);
+        if hcc1 & HCC_AC64 == 0 {
+            let high = [
+                dcbaa.bus_addr(),
+                cmd.base(),
+                evt.erst_addr(),
+                evt.dequeue_addr(),
+            ]
+            .iter()
+            .any(|&a| a >= 1 << 32);
+            if high {
+                return Err(HcError::NotSupported(
+                    "32-bit controller but DMA memory above 4 GiB",
+                ));
+            }
+        }
         let ir = rt + IR0;
         regs.write32(ir + ERSTSZ, evt.erst_size());
         regs.write64(ir + ERDP, evt.dequeue_addr());
@@ -289,6 +307,7 @@ impl<P: Platform> Xhci<P> {
             layout,
             max_slots,
             max_ports,
+            ac64: hcc1 & HCC_AC64 != 0,
             port_usb3,
             port_slot_type,
             dcbaa,
@@ -1051,6 +1070,15 @@ impl<P: Platform> HostController for Xhci<P> {
         let total = r.length();
         if total > MAX_TRANSFER {
             return Err(HcError::Invalid("transfer too long"));
+        }
+        if !self.ac64
+            && r.buffer
+                .iter()
+                .any(|s| s.bus_addr.saturating_add(s.len as u64) > 1 << 32)
+        {
+            return Err(HcError::Invalid(
+                "buffer above 4 GiB for a 32-bit controller",
+            ));
         }
         let d = dci(r.endpoint);
         let slot = r.device.0;

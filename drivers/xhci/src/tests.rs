@@ -655,3 +655,28 @@ fn babble_and_transaction_errors_map_and_halt() {
     assert_eq!(x.stats.trbs - before, 2);
     assert_eq!(completions(x)[0].actual, 512);
 }
+
+#[test]
+fn a_32_bit_controller_refuses_buffers_above_4_gib() {
+    let r = rig(false, 0);
+    let hcc = r.sim.regs.peek(crate::regs::HCCPARAMS1, 4) & !(crate::regs::HCC_AC64 as u64);
+    r.sim.regs.poke(crate::regs::HCCPARAMS1, 4, hcc);
+    r.sim.plug(2, Some(storage(Speed::High)));
+    let x = start(&r, false);
+    let mut bus = enumerate(&r, x);
+    let dev = bus.registry.by_route(&Route::root(2)).unwrap().id;
+    let high = [DmaSegment {
+        bus_addr: 0xffff_ff00,
+        len: 0x200,
+    }];
+    assert!(matches!(
+        bus.hc.submit(&TransferRequest {
+            device: dev,
+            endpoint: EndpointAddress(0x02),
+            setup: None,
+            buffer: &high,
+            flags: TransferFlags::empty()
+        }),
+        Err(HcError::Invalid(_))
+    ));
+}
