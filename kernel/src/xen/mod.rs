@@ -141,7 +141,6 @@ fn platform_from(ctx: Rc<RefCell<Ctx>>) -> XenPlatform {
 /// then serve until `xl shutdown`.
 pub fn serve(platform: &XenPlatform) -> ! {
     let mut hosts = 0;
-    let mut controllers = alloc::vec::Vec::new();
     for f in platform.functions() {
         log_function(f);
         if !is_supported_host(&f.id) {
@@ -156,7 +155,7 @@ pub fn serve(platform: &XenPlatform) -> ! {
         }
         hosts += 1;
         match bring_up(platform, f) {
-            Ok(c) => controllers.push(c),
+            Ok(()) => {}
             Err(e) if e.is_empty() => exit::exit(Exit::Crash),
             Err(e) => fail(&e),
         }
@@ -166,20 +165,11 @@ pub fn serve(platform: &XenPlatform) -> ! {
     }
 
     log::info!(target: "usbdom", "ready");
-    // The PVUSB backend serves the first controller (one backend per usbdom).
-    if let Some(c) = controllers.into_iter().next() {
-        if let Err(e) = crate::backend::serve(platform, c) {
-            log::error!(target: "error", "{e}");
-        }
-    }
     service(platform.ctx())
 }
 
 /// Map the controller's registers, log them, bind its interrupt and (xHCI) receive one.
-fn bring_up(
-    p: &XenPlatform,
-    f: &PciFunction<FrontConfig>,
-) -> Result<crate::backend::Controller, String> {
+fn bring_up(p: &XenPlatform, f: &PciFunction<FrontConfig>) -> Result<(), String> {
     let xhci = f.id.class == hal::PciId::CLASS_USB_XHCI;
     let bar = if xhci { 0 } else { 4 };
     // `map_bar` and `bind_interrupt` log their own `error:` line (cause and fix); an empty
@@ -211,12 +201,7 @@ fn bring_up(
         log::info!(target: "irq", "{}: UHCI interrupt bound ({}); no interrupt test for UHCI yet",
             f.addr, p.irq_description());
     }
-    Ok(crate::backend::Controller {
-        addr: f.addr,
-        xhci,
-        regs,
-        irq,
-    })
+    Ok(())
 }
 
 /// Watch `control/shutdown` (for [`check_shutdown`]).
