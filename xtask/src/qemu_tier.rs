@@ -60,7 +60,7 @@ pub const SCENARIOS: &[Scenario] = &[
             ("-device", "usb-hub,bus=usbc.0,port=3"),
             ("-device", "usb-mouse,bus=usbc.0,port=3.1"),
         ],
-        cmdline: "usbdom.selftest=xhci usbdom.xhci_hotplug=1",
+        cmdline: "usbdom.selftest=xhci usbdom.xhci_hotplug=1 usbdom.xhci_speed=super",
         disk_mib: 8,
         actions: &[
             ("XHCI-ACTION sendkey", "sendkey a"),
@@ -70,6 +70,21 @@ pub const SCENARIOS: &[Scenario] = &[
                 "device_add usb-kbd,bus=usbc.0,port=4,id=kbd2",
             ),
         ],
+        timeout_s: 300,
+    },
+    // The same on an xHCI without USB3 ports (p3=0): the stick enumerates high-speed (512-byte bulk
+    // packets, USB2 port reset path).
+    Scenario {
+        name: "xhci-usb2",
+        devices: &[
+            ("-device", "qemu-xhci,id=usbc,p3=0"),
+            STICK,
+            ("-device", "usb-storage,bus=usbc.0,port=1,drive=stick"),
+            ("-device", "usb-kbd,bus=usbc.0,port=2"),
+        ],
+        cmdline: "usbdom.selftest=xhci usbdom.xhci_speed=high",
+        disk_mib: 4,
+        actions: &[("XHCI-ACTION sendkey", "sendkey b")],
         timeout_s: 300,
     },
     Scenario {

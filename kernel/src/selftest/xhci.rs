@@ -7,6 +7,7 @@
 //! 3. the keyboard: a report with a key pressed arrives after the line `XHCI-ACTION sendkey`
 //!    (the scenario sends `sendkey a` through the QEMU monitor);
 //! 4. hubs: every hub has at least one device enumerated behind it;
+//!    `usbdom.xhci_speed=high|super` on the command line requires that speed;
 //! 5. hotplug, when the command line has `usbdom.xhci_hotplug=1`: after `XHCI-ACTION unplug` the
 //!    keyboard is removed (`device_del`) while an interrupt transfer is outstanding — the transfer
 //!    must fail with "no device" and the bus must report the detach; after `XHCI-ACTION plug` a new
@@ -215,6 +216,16 @@ fn storage_test<P: Platform>(bus: &mut TestBus<'_, P>, cmd: &str) -> Result<(), 
         ));
     }
     log::info!(target: "xhci", "storage at {route}: {speed:?}");
+    let want_speed = match cmdline::get(cmd, "usbdom.xhci_speed") {
+        Some("high") => Some(Speed::High),
+        Some("super") => Some(Speed::Super),
+        _ => None,
+    };
+    if let Some(w) = want_speed {
+        if w != speed {
+            return Err(format!("storage enumerated {speed:?}, expected {w:?}"));
+        }
+    }
     let ident = bot.init(bus)?;
     let total = bot.blocks * bot.block_size as u64;
     log::info!(target: "xhci", "storage '{ident}': {} blocks of {} bytes ({} KiB)", bot.blocks,
