@@ -3,8 +3,8 @@
 //! 64 KiB). Used for PVH DMA memory (identity-mapped) and for PV pages (`pv::mm`).
 //! Pure bookkeeping: no memory is touched here.
 
-/// Maximum frames managed (64 MiB of 4 KiB pages).
-pub const MAX_FRAMES: usize = 16384;
+/// Maximum frames managed (256 MiB of 4 KiB pages; an 8 KiB bitmap).
+pub const MAX_FRAMES: usize = 65536;
 
 pub struct FrameAllocator {
     first: u64,

@@ -6,8 +6,9 @@
 //! * m2p: Xen's read-only table at [`MACH2PHYS_VIRT_START`], mfn → pfn.
 //! * Our own RAM is mapped at `va = pfn * 4096` (VIRT_BASE = 0). Xen's builder maps the image, its
 //!   own structures and up to the next 4 MiB boundary; [`alloc_pages`] maps further pages on demand.
-//! * New page-table pages come from a `.bss` pool (already mapped): zeroed, remapped read-only, then
-//!   hooked into the parent with `mmu_update` (Xen validates and types them).
+//! * New page-table pages come from a `.bss` pool (already mapped), then from already-mapped free
+//!   frames: zeroed, remapped read-only, then hooked into the parent with `mmu_update` (Xen
+//!   validates and types them). Page-table pages are never freed.
 //! * I/O and foreign frames are mapped in a window starting at [`IO_WINDOW_START`] (4 GiB): BARs
 //!   with `mmu_update(foreigndom = DOMID_IO)` and cache-disable bits; [`reserve_va`] hands out
 //!   window pages whose L1 tables exist, e.g. for `GNTTABOP_map_grant_ref` with `GNTMAP_host_map`.
@@ -94,12 +95,15 @@ static mut PT_POOL: PtPool = PtPool([[0; PAGE_SIZE]; PT_POOL_PAGES]);
 
 struct State {
     pt_pool_used: usize,
+    /// Page-table pages taken from `frames` once the pool ran out (never returned).
+    pt_from_frames: usize,
     frames: FrameAllocator,
     io_next: usize,
 }
 
 static STATE: SpinMutex<State> = SpinMutex::new(State {
     pt_pool_used: 0,
+    pt_from_frames: 0,
     frames: FrameAllocator::empty(),
     io_next: IO_WINDOW_START,
 });
@@ -175,13 +179,25 @@ fn index(va: usize, level: u32) -> usize {
 
 /// Take a pool page, zero it and make it read-only so Xen accepts it as a page table.
 fn new_table(st: &mut State) -> Result<(usize, u64), MmError> {
-    if st.pt_pool_used >= PT_POOL_PAGES {
-        return Err(MmError::OutOfMemory);
-    }
-    // Only the address of the pool is taken; pages are handed out once each.
-    let base = core::ptr::addr_of!(PT_POOL) as usize;
-    let va = base + st.pt_pool_used * PAGE_SIZE;
-    st.pt_pool_used += 1;
+    let va = if st.pt_pool_used < PT_POOL_PAGES {
+        // Only the address of the pool is taken; pages are handed out once each.
+        let base = core::ptr::addr_of!(PT_POOL) as usize;
+        st.pt_pool_used += 1;
+        base + (st.pt_pool_used - 1) * PAGE_SIZE
+    } else {
+        // Pool exhausted (large domains): a free frame that is already mapped. First fit hands
+        // out the low, initially mapped frames first; an unmapped one cannot be used (mapping it
+        // would need a page table itself).
+        let pfn = st.frames.alloc(1, 1, 0).ok_or(MmError::OutOfMemory)?;
+        let va = pfn_to_va(pfn);
+        if lookup(va) & PTE_PRESENT == 0 {
+            st.frames.free(pfn, 1);
+            return Err(MmError::OutOfMemory);
+        }
+        st.pt_pool_used += 1;
+        st.pt_from_frames += 1;
+        va
+    };
     // SAFETY: this pool page is ours alone and still mapped writable.
     unsafe { core::ptr::write_bytes(va as *mut u8, 0, PAGE_SIZE) };
     let mfn = va_to_mfn(va).ok_or(MmError::Invalid("page-table pool outside the p2m"))?;
@@ -416,7 +432,12 @@ pub unsafe fn set_pfn_frame(pfn: u64, new_mfn: u64) -> Result<(), MmError> {
     Ok(())
 }
 
-/// Number of page-table pool pages used (diagnostics).
+/// Number of page-table pages added so far (pool and fallback; diagnostics).
 pub fn pt_pool_used() -> usize {
     STATE.lock().pt_pool_used
+}
+
+/// Number of page-table pages taken from the free frames (they never come back).
+pub fn pt_frames_from_allocator() -> usize {
+    STATE.lock().pt_from_frames
 }
