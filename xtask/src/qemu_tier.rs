@@ -64,6 +64,7 @@ pub const SCENARIOS: &[Scenario] = &[
         disk_mib: 8,
         actions: &[
             ("XHCI-ACTION sendkey", "sendkey a"),
+            ("XHCI-ACTION second key", "sendkey c"),
             ("XHCI-ACTION unplug", "device_del kbd1"),
             (
                 "XHCI-ACTION plug",
@@ -84,7 +85,10 @@ pub const SCENARIOS: &[Scenario] = &[
         ],
         cmdline: "usbdom.selftest=xhci usbdom.xhci_speed=high",
         disk_mib: 4,
-        actions: &[("XHCI-ACTION sendkey", "sendkey b")],
+        actions: &[
+            ("XHCI-ACTION sendkey", "sendkey b"),
+            ("XHCI-ACTION second key", "sendkey d"),
+        ],
         timeout_s: 300,
     },
     Scenario {

@@ -316,6 +316,9 @@ fn keyboard_test<P: Platform>(
     kbd: DeviceId,
     ep: EndpointAddress,
 ) -> Result<(), String> {
+    wait_key(bus, kbd, ep, "XHCI-ACTION sendkey")?;
+    // Cancel an outstanding interrupt transfer (Stop Endpoint + Set TR Dequeue Pointer), then
+    // the endpoint must still deliver the next key.
     let buf = bus.dma().alloc(64, 64).map_err(|e| format!("DMA: {e}"))?;
     let seg = [DmaSegment {
         bus_addr: buf.bus_addr(),
@@ -328,7 +331,46 @@ fn keyboard_test<P: Platform>(
         buffer: &seg,
         flags: TransferFlags::empty(),
     };
-    log::info!(target: "xhci", "XHCI-ACTION sendkey: waiting for a key press on the keyboard");
+    let id = bus
+        .hc
+        .submit(&req)
+        .map_err(|e| format!("keyboard submit: {e}"))?;
+    let mut ports = Vec::new();
+    if let Some(c) = wait_completion(bus, id, 300, &mut ports) {
+        return Err(format!("keyboard transfer completed without a key: {c:?}"));
+    }
+    match bus.hc.cancel(id) {
+        Ok(true) => {}
+        other => return Err(format!("cancel of the outstanding transfer: {other:?}")),
+    }
+    let c = wait_completion(bus, id, 1_000, &mut ports)
+        .ok_or_else(|| String::from("no completion for the cancelled transfer"))?;
+    if c.result != Err(HcError::Cancelled) {
+        return Err(format!("cancelled transfer ended with {:?}", c.result));
+    }
+    log::info!(target: "xhci", "outstanding interrupt transfer cancelled");
+    wait_key(bus, kbd, ep, "XHCI-ACTION second key")
+}
+
+fn wait_key<P: Platform>(
+    bus: &mut TestBus<'_, P>,
+    kbd: DeviceId,
+    ep: EndpointAddress,
+    action: &str,
+) -> Result<(), String> {
+    let buf = bus.dma().alloc(64, 64).map_err(|e| format!("DMA: {e}"))?;
+    let seg = [DmaSegment {
+        bus_addr: buf.bus_addr(),
+        len: 8,
+    }];
+    let req = TransferRequest {
+        device: kbd,
+        endpoint: ep,
+        setup: None,
+        buffer: &seg,
+        flags: TransferFlags::empty(),
+    };
+    log::info!(target: "xhci", "{action}: waiting for a key press on the keyboard");
     let mut ports = Vec::new();
     for _ in 0..8 {
         let id = bus
