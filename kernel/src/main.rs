@@ -22,6 +22,7 @@ extern crate alloc;
 // Modules whose API is used by `crate::xen` and the USB stack wiring, not all of it by main yet.
 #[allow(dead_code)]
 mod arch;
+mod backend;
 mod cmdline;
 mod console;
 #[allow(dead_code)]

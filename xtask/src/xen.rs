@@ -352,6 +352,30 @@ pub fn run_cpio(guest_elf: &Path, extra: &[(String, PathBuf)]) -> Result<Vec<u8>
     Ok(c.finish())
 }
 
+/// The dom0 tool `usbdom` (`tools/usbdom`) built for dom0 (glibc) and stripped; each run's
+/// initramfs carries it as `/usr/bin/usbdom` (its libraries, libc and libgcc_s, are in the base
+/// image already, copied for the toolstack).
+pub fn dom0_tool() -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    util::run(
+        Command::new(cargo)
+            .current_dir(util::root())
+            .env("CARGO_TARGET_DIR", util::target())
+            .args([
+                "build",
+                "-p",
+                "usbdom-tool",
+                "--release",
+                "--target",
+                "x86_64-unknown-linux-gnu",
+            ]),
+    )?;
+    let bin = util::target().join("x86_64-unknown-linux-gnu/release/usbdom");
+    let out = bin.with_file_name("usbdom.stripped");
+    util::run(Command::new("strip").arg("-o").arg(&out).arg(&bin))?;
+    Ok(out)
+}
+
 /// One Xen boot.
 pub struct Boot<'a> {
     pub art: &'a Artifacts,
@@ -468,11 +492,16 @@ fn boot_once(b: &Boot, attempt: u32) -> Result<qemu::Outcome, String> {
     fs::create_dir_all(&b.dir).map_err(|e| e.to_string())?;
     let initrd = b.dir.join(format!("{}-initrd.cpio", b.name));
     let mut data = fs::read(&b.art.base_cpio).map_err(|e| e.to_string())?;
-    data.extend(run_cpio(b.guest, &b.extra_files)?);
+    let mut extra = b.extra_files.clone();
+    extra.push(("usr/bin/usbdom".to_string(), dom0_tool()?));
+    data.extend(run_cpio(b.guest, &extra)?);
     fs::write(&initrd, data).map_err(|e| e.to_string())?;
 
     let stick = b.dir.join("stick.img");
     crate::qemu_tier::write_disk(&stick, "xen-stick", 16 << 20)?;
+    // The image's sha256 and size for the dom0 scripts ($XT_STICK_SHA256, $XT_STICK_BYTES).
+    let sum = util::output(Command::new("sha256sum").arg(&stick))?;
+    let sum = sum.split_whitespace().next().unwrap_or("").to_string();
 
     let pci_id = CONTROLLERS
         .iter()
@@ -486,6 +515,10 @@ fn boot_once(b: &Boot, attempt: u32) -> Result<qemu::Outcome, String> {
     for (k, v) in &b.dom0_vars {
         d0.push_str(&format!(" xt.{k}={v}"));
     }
+    d0.push_str(&format!(
+        " xt.stick_sha256={sum} xt.stick_bytes={}",
+        16 << 20
+    ));
     let d0 = d0.replace(',', ",,");
     let mut args: Vec<String> = [
         "-accel",

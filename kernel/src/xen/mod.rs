@@ -141,6 +141,7 @@ fn platform_from(ctx: Rc<RefCell<Ctx>>) -> XenPlatform {
 /// then serve until `xl shutdown`.
 pub fn serve(platform: &XenPlatform) -> ! {
     let mut hosts = 0;
+    let mut controllers = alloc::vec::Vec::new();
     for f in platform.functions() {
         log_function(f);
         if !is_supported_host(&f.id) {
@@ -155,7 +156,7 @@ pub fn serve(platform: &XenPlatform) -> ! {
         }
         hosts += 1;
         match bring_up(platform, f) {
-            Ok(()) => {}
+            Ok(c) => controllers.push(c),
             Err(e) if e.is_empty() => exit::exit(Exit::Crash),
             Err(e) => fail(&e),
         }
@@ -165,11 +166,19 @@ pub fn serve(platform: &XenPlatform) -> ! {
     }
 
     log::info!(target: "usbdom", "ready");
+    // The PVUSB backend serves the first controller (one backend per usbdom).
+    if let Some(c) = controllers.into_iter().next() {
+        let e = crate::backend::serve(platform, c);
+        log::error!(target: "error", "{e}");
+    }
     service(platform.ctx())
 }
 
 /// Map the controller's registers, log them, bind its interrupt and (xHCI) receive one.
-fn bring_up(p: &XenPlatform, f: &PciFunction<FrontConfig>) -> Result<(), String> {
+fn bring_up(
+    p: &XenPlatform,
+    f: &PciFunction<FrontConfig>,
+) -> Result<crate::backend::Controller, String> {
     let xhci = f.id.class == hal::PciId::CLASS_USB_XHCI;
     let bar = if xhci { 0 } else { 4 };
     // `map_bar` and `bind_interrupt` log their own `error:` line (cause and fix); an empty
@@ -201,7 +210,12 @@ fn bring_up(p: &XenPlatform, f: &PciFunction<FrontConfig>) -> Result<(), String>
         log::info!(target: "irq", "{}: UHCI interrupt bound ({}); no interrupt test for UHCI yet",
             f.addr, p.irq_description());
     }
-    Ok(())
+    Ok(crate::backend::Controller {
+        addr: f.addr,
+        xhci,
+        regs,
+        irq,
+    })
 }
 
 /// Watch `control/shutdown` (for [`check_shutdown`]).

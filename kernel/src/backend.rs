@@ -1,0 +1,284 @@
+//! The driver domain's service on Xen: one USB host controller (xHCI or UHCI, chosen by PCI class)
+//! driven by its driver, usb-core's [`Bus`] (enumeration, hubs) and the PVUSB backend
+//! ([`pvusb::Backend`], `io/usbif.h`), all in one event loop.
+//!
+//! The kernel's Xen code ([`crate::xen`]) brings the controller up (BAR mapped, interrupt bound and
+//! tested) and hands it over as a [`Controller`]; [`serve`] never returns.
+//!
+//! One round of the loop (the contract in `pvusb`'s crate docs):
+//! 1. take the pending bits of the ports the hypervisor object watches (xenstore, the rings the
+//!    backend bound, the controller's interrupt); the interrupt's bit is remembered for the driver
+//!    ([`LoopIrq`]), so it still acknowledges the controller and re-arms the line;
+//! 2. `control/shutdown` ([`crate::xen::check_shutdown`]);
+//! 3. the backend's xenstore events, then [`pvusb::Backend::tick`] when it asked for it or
+//!    [`TICK_NS`] passed;
+//! 4. [`pvusb::Backend::process_rings`] once; [`pvusb::Backend::poll_bus`] (completions, root
+//!    port changes); every [`HUB_POLL_NS`] the hubs' status change endpoints;
+//! 5. block on all those ports (`SCHEDOP_poll`) until the next deadline, at most
+//!    [`MAX_SLEEP_NS`] (the polling safety net).
+//!
+//! No borrow of the shared [`Ctx`] is held while the backend runs (it borrows it per call through
+//! [`SharedHv`] and the xenstore [`XsStore`]).
+//!
+//! Command line: `usbdom.zero_copy=0` moves data by grant copy through bounce pages instead of
+//! grant-mapping the frontend's pages for DMA.
+
+use alloc::format;
+use alloc::rc::Rc;
+use alloc::string::String;
+use core::cell::{Cell, RefCell};
+use core::marker::PhantomData;
+
+use hal::Clock;
+use pvusb::{Backend, BackendError, Config, PhysDevice, SharedHv};
+use usb_core::hc::HostController;
+use usb_core::registry::Registry;
+use usb_core::{Bus, BusEvent};
+use xenidc::abi::Port;
+use xenidc::hypervisor::Hypervisor;
+
+use crate::cmdline;
+use crate::platform::{PciAddress, Platform, Regs};
+use crate::time::KernelClock;
+use crate::xen::dma::XenDma;
+use crate::xen::irq::XenIrq;
+use crate::xen::platform::XenPlatform;
+use crate::xen::store::XsStore;
+use crate::xen::{self, Ctx};
+
+/// How long the loop sleeps at most without any event.
+pub const MAX_SLEEP_NS: u64 = 20_000_000;
+/// How often [`pvusb::Backend::tick`] runs at least.
+pub const TICK_NS: u64 = 500_000_000;
+/// How often the loop's statistics are logged (while there is traffic).
+pub const STATS_NS: u64 = 10_000_000_000;
+/// How often the hubs' status-change endpoints are polled.
+pub const HUB_POLL_NS: u64 = 250_000_000;
+
+const T: &str = "backend";
+
+/// A controller the Xen bring-up mapped and bound, handed to [`serve`].
+pub struct Controller {
+    pub addr: PciAddress,
+    /// xHCI (else UHCI).
+    pub xhci: bool,
+    pub regs: Regs,
+    pub irq: XenIrq,
+}
+
+/// The controller's interrupt as the driver sees it: pending when its event-channel bit was set,
+/// or when the loop already took that bit with the others (`Hypervisor::take_pending`).
+pub struct LoopIrq {
+    inner: XenIrq,
+    taken: Rc<Cell<bool>>,
+}
+
+impl hal::Interrupt for LoopIrq {
+    fn take(&self) -> bool {
+        let taken = self.taken.replace(false);
+        // Both: the bit may have been set again since the loop took it.
+        self.inner.take() | taken
+    }
+    fn unmask(&self) {
+        self.inner.unmask()
+    }
+    fn count(&self) -> u64 {
+        self.inner.count()
+    }
+}
+
+/// The hal bundle the drivers run with here.
+pub struct OnXen<'a>(PhantomData<&'a ()>);
+impl hal::Platform for OnXen<'_> {
+    type Regs = Regs;
+    type Dma = XenDma;
+    type Clock = KernelClock;
+    type Irq = LoopIrq;
+}
+
+type Hv = SharedHv<Ctx, xen::env::Hv>;
+type Be = Backend<Hv, XsStore>;
+
+/// Serve the controller to PVUSB frontends until `xl shutdown`. Returns only when the driver or
+/// the backend could not start: the error (the caller logs it and keeps answering `xl shutdown`).
+pub fn serve(platform: &XenPlatform, c: Controller) -> String {
+    match start(platform, c) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+fn start(platform: &XenPlatform, c: Controller) -> Result<core::convert::Infallible, String> {
+    let ctx = platform.ctx().clone();
+    let irq_port = c.irq.port;
+    let taken = Rc::new(Cell::new(false));
+    let irq = LoopIrq {
+        inner: c.irq,
+        taken: taken.clone(),
+    };
+    let kind = if c.xhci { "xHCI" } else { "UHCI" };
+    log::info!(target: T, "{kind} {}: starting the driver and the PVUSB backend", c.addr);
+    if c.xhci {
+        let hc = xhci::Xhci::<OnXen<'_>>::new(c.regs, XenDma, KernelClock, Some(irq))
+            .map_err(|e| format!("xHCI {}: start: {e}", c.addr))?;
+        let bus = Bus::new(hc, XenDma, KernelClock).map_err(|e| format!("usb bus: {e}"))?;
+        run(ctx, bus, irq_port, taken)
+    } else {
+        if let Some(f) = platform.functions().iter().find(|f| f.addr == c.addr) {
+            uhci::pci::take_over(&f.config);
+        }
+        let hc = uhci::Uhci::<OnXen<'_>>::new(c.regs, XenDma, KernelClock, irq)
+            .map_err(|e| format!("UHCI {}: start: {e}", c.addr))?;
+        let bus = Bus::new(hc, XenDma, KernelClock).map_err(|e| format!("usb bus: {e}"))?;
+        run(ctx, bus, irq_port, taken)
+    }
+}
+
+fn be_err(what: &str, e: BackendError) -> String {
+    format!("PVUSB backend: {what}: {e}")
+}
+
+/// Log the devices a bus event list reports.
+fn log_events(registry: &Registry, events: &[BusEvent]) {
+    for e in events {
+        match e {
+            BusEvent::Attached(id) => {
+                if let Some(d) = registry.get(*id) {
+                    let p = PhysDevice::from_usb_device(1, d);
+                    log::info!(target: T, "device {} {:04x}:{:04x} {:?} '{}'{}",
+                        p.path, d.descriptor.vendor, d.descriptor.product, d.info.speed,
+                        d.product.as_deref().unwrap_or(""),
+                        if d.hub.is_some() { " (hub, not exportable)" } else { "" });
+                }
+            }
+            BusEvent::Detached(_, route) => log::info!(target: T, "device 1-{route} removed"),
+            BusEvent::Failed(route, err) => {
+                log::warn!(target: T, "device 1-{route} failed to enumerate: {err}")
+            }
+        }
+    }
+}
+
+fn run<C: HostController>(
+    ctx: Rc<RefCell<Ctx>>,
+    mut bus: Bus<C, XenDma, KernelClock>,
+    irq_port: Port,
+    taken: Rc<Cell<bool>>,
+) -> Result<core::convert::Infallible, String> {
+    let zero_copy = cmdline::get(cmdline::current(), "usbdom.zero_copy") != Some("0");
+    let hv = {
+        let c = ctx.borrow();
+        let port = c.hv.xenstore_port();
+        let va = c.hv.xenstore_page().addr();
+        let mfn = crate::pv::mm::va_to_mfn(va)
+            .ok_or_else(|| String::from("the xenstore page has no machine frame"))?;
+        SharedHv::new(
+            ctx.clone(),
+            |c: &Ctx| &c.hv,
+            |c: &mut Ctx| &mut c.hv,
+            xen::env::xenstore_page(mfn),
+            port,
+        )
+    };
+    let mut be: Be = Backend::new(
+        hv,
+        XsStore::new(ctx.clone()),
+        Config {
+            controller: 1,
+            zero_copy,
+        },
+    );
+    be.start().map_err(|e| be_err("start", e))?;
+
+    let clock = KernelClock;
+    let t0 = clock.now_ns();
+    let events = bus.scan();
+    log::info!(target: T, "{} device(s) enumerated in {} ms", bus.registry.len(),
+        (clock.now_ns() - t0) / 1_000_000);
+    log_events(&bus.registry, &events);
+    be.handle_bus_events(&mut bus.hc, &bus.registry, &events)
+        .map_err(|e| be_err("publishing the devices", e))?;
+    log::info!(target: T, "serving PVUSB frontends ({} data path)",
+        if zero_copy { "zero-copy grant-map" } else { "grant-copy bounce" });
+    xen::watch_shutdown(&ctx);
+
+    // `tick` runs at least every [`TICK_NS`], earlier when the backend asks for it.
+    let mut next_tick = clock.now_ns();
+    let mut next_hubs = clock.now_ns() + HUB_POLL_NS;
+    let mut broken_logged = false;
+    // Loop statistics, logged every STATS_NS while there is traffic.
+    let (mut busy_rounds, mut sleeps, mut timeouts) = (0u64, 0u64, 0u64);
+    let mut next_stats = clock.now_ns() + STATS_NS;
+    loop {
+        // 1. Pending ports: cleared before the work, so an event that arrives during the work
+        //    stays pending and ends the block below at once.
+        ctx.borrow_mut().hv.take_pending(&mut |p| {
+            if p == irq_port {
+                taken.set(true);
+            }
+        });
+        // 2. xl shutdown.
+        xen::check_shutdown(&ctx);
+        // 3. xenstore, timed work.
+        if let Err(e) = be.process_xenstore(&mut bus.hc) {
+            // Our own xenstore connection failing: nothing a peer can cause; keep serving what
+            // is connected and say it once.
+            if !broken_logged {
+                log::error!(target: "error", "{}", be_err("xenstore", e));
+                broken_logged = true;
+            }
+        }
+        let now = clock.now_ns();
+        if next_tick <= now {
+            next_tick = match be.tick(&mut bus.hc) {
+                Ok(t) => t.map_or(now + TICK_NS, |t| t.min(now + TICK_NS)),
+                Err(e) => {
+                    log::warn!(target: T, "{}", be_err("tick", e));
+                    now + TICK_NS
+                }
+            };
+        }
+        // 4. Rings once, then the controller.
+        let more = be.process_rings(&mut bus.hc);
+        let mut busy = more;
+        match be.poll_bus(&mut bus) {
+            Ok(any) => busy |= any,
+            Err(e) => log::warn!(target: T, "{}", be_err("controller events", e)),
+        }
+        let now = clock.now_ns();
+        if now >= next_hubs {
+            next_hubs = now + HUB_POLL_NS;
+            let evs = bus.poll_hubs();
+            if !evs.is_empty() {
+                log_events(&bus.registry, &evs);
+                if let Err(e) = be.handle_bus_events(&mut bus.hc, &bus.registry, &evs) {
+                    log::warn!(target: T, "{}", be_err("hub events", e));
+                }
+            }
+        }
+        if now >= next_stats {
+            next_stats = now + STATS_NS;
+            if busy_rounds != 0 {
+                log::info!(target: T, "loop: {busy_rounds} busy rounds, {sleeps} sleeps ({timeouts} ended by the timeout); rings {:?}",
+                    be.stats());
+            }
+            (busy_rounds, sleeps, timeouts) = (0, 0, 0);
+        }
+        if busy {
+            busy_rounds += 1;
+            continue;
+        }
+        // 5. Sleep until something happens or the next deadline.
+        let deadline = (clock.now_ns() + MAX_SLEEP_NS)
+            .min(next_tick)
+            .min(next_hubs);
+        let r = ctx.borrow_mut().hv.block(Some(deadline));
+        if let Err(e) = r {
+            log::warn!(target: T, "block: {e:?}");
+        }
+        sleeps += 1;
+        if clock.now_ns() >= deadline {
+            timeouts += 1;
+        }
+    }
+}
