@@ -724,24 +724,27 @@ impl<P: Platform> Xhci<P> {
         mps: u16,
         out: &mut Vec<Trb>,
     ) -> u32 {
-        let mut pieces: Vec<(u64, u32)> = Vec::new();
-        for s in buffer {
-            let mut addr = s.bus_addr;
-            let mut left = s.len as u64;
-            while left > 0 {
-                let room = 0x10000 - (addr & 0xffff);
-                let n = left.min(room);
-                pieces.push((addr, n as u32));
-                addr += n;
-                left -= n;
-            }
+        // The pieces of the buffer: segments split at 64 KiB boundaries.
+        fn pieces(buffer: &[hal::DmaSegment]) -> impl Iterator<Item = (u64, u32)> + '_ {
+            buffer.iter().flat_map(|s| {
+                let end = s.bus_addr + s.len as u64;
+                let mut addr = s.bus_addr;
+                core::iter::from_fn(move || {
+                    (addr < end).then(|| {
+                        let n = (end - addr).min(0x10000 - (addr & 0xffff));
+                        let p = (addr, n as u32);
+                        addr += n;
+                        p
+                    })
+                })
+            })
         }
-        let total: u64 = pieces.iter().map(|p| p.1 as u64).sum();
+        let (n, total) = pieces(buffer).fold((0usize, 0u64), |(n, t), p| (n + 1, t + p.1 as u64));
         let mps = mps.max(1) as u64;
         let total_packets = total.div_ceil(mps);
         let mut done = 0u64;
-        let n = pieces.len();
-        for (i, (addr, len)) in pieces.into_iter().enumerate() {
+        out.reserve(n);
+        for (i, (addr, len)) in pieces(buffer).enumerate() {
             done += len as u64;
             let td_size = if i + 1 == n {
                 0
