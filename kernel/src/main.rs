@@ -90,7 +90,7 @@ pub extern "C" fn usbdom_xen_pv_main(start_info: *const u8) -> ! {
     exit::set_kind(Kind::XenPv);
     console::init_xen_early();
     // SAFETY: Xen passes the start_info VA in %rsi; it is mapped and 1168 bytes long.
-    let si = unsafe { pv::start_info::StartInfo::read(start_info as usize) };
+    let si = unsafe { pv::start_info::read(start_info as usize) };
     pv::mm::init_p2m(si.mfn_list as usize, si.nr_pages as usize);
     // The console ring page is in Xen's initial mapping: va = m2p[mfn] * 4096.
     let cons_va = pv::mm::pfn_to_va(pv::mm::mfn_to_pfn(si.console_mfn));
@@ -104,7 +104,7 @@ pub extern "C" fn usbdom_xen_pv_main(start_info: *const u8) -> ! {
     let si_info = pv::boot_xen(&si);
     banner(Kind::XenPv);
     log::info!(target: "usbdom", "{si_info}");
-    let cmdline: &'static str = alloc::string::String::from(si.cmdline()).leak();
+    let cmdline: &'static str = alloc::string::String::from(pv::start_info::cmdline(&si)).leak();
     cmdline::set(cmdline);
     log::info!(target: "usbdom", "cmdline '{cmdline}'");
     let selftest = cmdline::get(cmdline, "usbdom.selftest");

@@ -13,7 +13,6 @@ use core::arch::asm;
 const PVH_CS: u16 = 0x08;
 /// `FLAT_KERNEL_CS` of a 64-bit PV guest (`arch-x86/xen-x86_64.h`).
 const XEN_FLAT_KERNEL_CS: u16 = 0xe033;
-const HYPERVISOR_SET_TRAP_TABLE: usize = 0;
 
 const NAMES: [&str; 32] = [
     "#DE divide error",
@@ -142,7 +141,10 @@ pub fn init_xen_pv() -> isize {
     // The array ends with a zero entry (address 0), as Xen requires.
     // SAFETY: Xen copies the table during the call; handlers are valid code.
     unsafe {
-        xenidc::xen::hypercall::hypercall1(HYPERVISOR_SET_TRAP_TABLE, table.as_ptr() as usize)
+        xenidc::xen::hypercall::hypercall1(
+            xenidc::abi::hypercall::SET_TRAP_TABLE,
+            table.as_ptr() as usize,
+        )
     }
 }
 

@@ -1,57 +1,33 @@
-//! Typed wrappers over the raw hypercall instructions (`xenidc::xen::hypercall`) for the
-//! hypercalls the kernel core uses: `sched_op`, `event_channel_op(send)`, `console_io`, and the
+//! The hypercalls the kernel core uses: `sched_op`, `event_channel_op(send)`, `console_io`, and the
 //! PV MMU calls `mmu_update`, `update_va_mapping`, `mmuext_op` (`include/public/xen.h`,
-//! `sched.h`, `event_channel.h`). Argument structs are `#[repr(C)]` with asserted layouts.
+//! `sched.h`, `event_channel.h`). Hypercall numbers, command codes and the scheduler argument
+//! structs are xenidc's ABI ([`xenidc::abi`]); yield, shutdown and event send go through
+//! [`xenidc::xen::ops`]. The PV MMU argument structs, which xenidc does not need, are here,
+//! `#[repr(C)]` with asserted layouts.
 
+use xenidc::abi::hypercall as nr;
+use xenidc::abi::sched::{self, SchedPoll};
+use xenidc::abi::{DomId, Port};
 use xenidc::xen::hypercall::{hypercall2, hypercall3, hypercall4};
-
-pub const HYPERVISOR_MMU_UPDATE: usize = 1;
-pub const HYPERVISOR_UPDATE_VA_MAPPING: usize = 14;
-pub const HYPERVISOR_CONSOLE_IO: usize = 18;
-pub const HYPERVISOR_MMUEXT_OP: usize = 26;
-pub const HYPERVISOR_SCHED_OP: usize = 29;
-pub const HYPERVISOR_EVENT_CHANNEL_OP: usize = 32;
-
-const SCHEDOP_YIELD: usize = 0;
-const SCHEDOP_SHUTDOWN: usize = 2;
-const SCHEDOP_POLL: usize = 3;
-const EVTCHNOP_SEND: usize = 4;
-const CONSOLEIO_WRITE: usize = 0;
+use xenidc::xen::ops;
 
 /// `update_va_mapping` flag: invalidate the one TLB entry.
-pub const UVMF_INVLPG: usize = 2;
+pub const UVMF_INVLPG: usize = nr::UVMF_INVLPG as usize;
 /// `mmu_update` command in the low bits of `ptr`: normal page-table update.
 pub const MMU_NORMAL_PT_UPDATE: u64 = 0;
 /// `foreigndom` value for "our own frames".
-pub const DOMID_SELF: u16 = 0x7ff0;
+pub const DOMID_SELF: u16 = DomId::SELF.0;
 /// `foreigndom` value for I/O memory (PCI BARs) when mapping with `mmu_update`.
-pub const DOMID_IO: u16 = 0x7ff1;
+pub const DOMID_IO: u16 = DomId::IO.0;
 
 /// `SHUTDOWN_*` reasons (`sched.h`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum ShutdownReason {
-    Poweroff = 0,
-    Reboot = 1,
-    Crash = 3,
+    Poweroff = sched::shutdown::POWEROFF,
+    Reboot = sched::shutdown::REBOOT,
+    Crash = sched::shutdown::CRASH,
 }
-
-#[repr(C)]
-struct SchedShutdown {
-    reason: u32,
-}
-const _: () = assert!(core::mem::size_of::<SchedShutdown>() == 4);
-
-#[repr(C)]
-struct SchedPoll {
-    ports: u64, // XEN_GUEST_HANDLE(evtchn_port_t)
-    nr_ports: u32,
-    _pad: u32,
-    timeout: u64,
-}
-const _: () = assert!(core::mem::size_of::<SchedPoll>() == 24);
-const _: () = assert!(core::mem::offset_of!(SchedPoll, nr_ports) == 8);
-const _: () = assert!(core::mem::offset_of!(SchedPoll, timeout) == 16);
 
 /// One `mmu_update` request (`struct mmu_update`): `ptr` = machine address of the PTE | command,
 /// `val` = new PTE.
@@ -78,23 +54,12 @@ pub const MMUEXT_UNPIN_TABLE: u32 = 4;
 
 /// Give up the CPU (`SCHEDOP_yield`).
 pub fn sched_yield() {
-    // SAFETY: yield takes no argument and has no memory effects.
-    unsafe { hypercall2(HYPERVISOR_SCHED_OP, SCHEDOP_YIELD, 0) };
+    ops::sched_yield();
 }
 
 /// Shut the domain down. Never returns on Xen.
 pub fn shutdown(reason: ShutdownReason) {
-    let arg = SchedShutdown {
-        reason: reason as u32,
-    };
-    // SAFETY: `arg` is a valid sched_shutdown for the duration of the call.
-    unsafe {
-        hypercall2(
-            HYPERVISOR_SCHED_OP,
-            SCHEDOP_SHUTDOWN,
-            &arg as *const _ as usize,
-        )
-    };
+    ops::sched_shutdown(reason as u32);
 }
 
 /// Block until one of `ports` is pending or Xen system time reaches `timeout_ns` (absolute; 0 =
@@ -103,23 +68,24 @@ pub fn sched_poll(ports: &[u32], timeout_ns: u64) -> isize {
     let arg = SchedPoll {
         ports: ports.as_ptr() as u64,
         nr_ports: ports.len() as u32,
-        _pad: 0,
+        pad: [0; 4],
         timeout: timeout_ns,
     };
     // SAFETY: `arg` and the port array it points to outlive the call; Xen only reads them.
-    unsafe { hypercall2(HYPERVISOR_SCHED_OP, SCHEDOP_POLL, &arg as *const _ as usize) }
-}
-
-/// Notify the remote end of event channel `port`.
-pub fn evtchn_send(port: u32) -> isize {
-    let arg: u32 = port;
-    // SAFETY: `arg` is a valid evtchn_send for the duration of the call.
     unsafe {
         hypercall2(
-            HYPERVISOR_EVENT_CHANNEL_OP,
-            EVTCHNOP_SEND,
-            &arg as *const u32 as usize,
+            nr::SCHED_OP,
+            sched::op::POLL as usize,
+            &arg as *const _ as usize,
         )
+    }
+}
+
+/// Notify the remote end of event channel `port`; returns the hypercall result (0 or -errno).
+pub fn evtchn_send(port: u32) -> isize {
+    match ops::evtchn_send(Port(port)) {
+        Ok(()) => 0,
+        Err(errno) => -(errno as isize),
     }
 }
 
@@ -128,8 +94,8 @@ pub fn console_io_write(bytes: &[u8]) {
     // SAFETY: Xen reads `len` bytes from the buffer, which is valid for the call.
     unsafe {
         hypercall3(
-            HYPERVISOR_CONSOLE_IO,
-            CONSOLEIO_WRITE,
+            nr::CONSOLE_IO,
+            nr::CONSOLEIO_WRITE as usize,
             bytes.len(),
             bytes.as_ptr() as usize,
         )
@@ -142,7 +108,7 @@ pub fn console_io_write(bytes: &[u8]) {
 /// Changing a mapping can invalidate memory Rust code relies on; the caller owns `va`.
 pub unsafe fn update_va_mapping(va: usize, pte: u64, flags: usize) -> isize {
     // SAFETY: forwarded.
-    unsafe { hypercall3(HYPERVISOR_UPDATE_VA_MAPPING, va, pte as usize, flags) }
+    unsafe { hypercall3(nr::UPDATE_VA_MAPPING, va, pte as usize, flags) }
 }
 
 /// `mmu_update(reqs, count, &done, foreigndom)`; returns (result, number done).
@@ -154,7 +120,7 @@ pub unsafe fn mmu_update(reqs: &[MmuUpdate], foreigndom: u16) -> (isize, u32) {
     // SAFETY: `reqs` and `done` are valid for the call; the caller owns the PTEs.
     let r = unsafe {
         hypercall4(
-            HYPERVISOR_MMU_UPDATE,
+            nr::MMU_UPDATE,
             reqs.as_ptr() as usize,
             reqs.len(),
             &mut done as *mut u32 as usize,
@@ -173,7 +139,7 @@ pub unsafe fn mmuext_op(ops: &[MmuextOp]) -> isize {
     // SAFETY: `ops` and `done` are valid for the call.
     unsafe {
         hypercall4(
-            HYPERVISOR_MMUEXT_OP,
+            nr::MMUEXT_OP,
             ops.as_ptr() as usize,
             ops.len(),
             &mut done as *mut u32 as usize,

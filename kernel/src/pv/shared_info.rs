@@ -1,19 +1,30 @@
 //! The `shared_info` page (`include/public/xen.h`, x86_64 layout): vCPU 0's `vcpu_info` (upcall
-//! mask, pending selector, `vcpu_time_info`) and the 2-level event-channel pending/mask bitmaps.
+//! mask, `arch.cr2`, `vcpu_time_info`) and the 2-level event-channel pending bitmap.
 //! Mapped once at boot over a reserved `.bss` page (see `boot::shared_info_page_addr`). The page is
-//! written by Xen concurrently: every access is volatile or atomic.
+//! written by Xen concurrently: every access is volatile or atomic. Field offsets come from
+//! xenidc's layout-checked ABI structs ([`xenidc::abi::shared_info`]); the event bitmaps are
+//! accessed through xenidc's [`EventBits`].
 
-use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use core::mem::offset_of;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU8, Ordering};
+use xenidc::abi::shared_info::{SharedInfo as SharedInfoAbi, VcpuInfo, VcpuTimeInfo};
+use xenidc::abi::Port;
+use xenidc::xen::events::EventBits;
 
-const VCPU0_UPCALL_MASK: usize = 1;
+/// `vcpu_info` of vCPU 0 (the first element of `shared_info.vcpu_info`).
+const VCPU0: usize = offset_of!(SharedInfoAbi, vcpu_info);
+const VCPU0_UPCALL_MASK: usize = VCPU0 + offset_of!(VcpuInfo, evtchn_upcall_mask);
 /// `vcpu_info.arch.cr2` of vCPU 0.
-const VCPU0_CR2: usize = 16;
+const VCPU0_CR2: usize = VCPU0 + offset_of!(VcpuInfo, arch_cr2);
 /// `vcpu_info.time` (struct vcpu_time_info) of vCPU 0.
-const VCPU0_TIME: usize = 32;
-const EVTCHN_PENDING: usize = 2048;
-const EVTCHN_MASK: usize = 2560;
-/// Number of 2-level event channels on x86_64 (64 × 64).
-pub const NR_EVENT_CHANNELS: u32 = 4096;
+const VCPU0_TIME: usize = VCPU0 + offset_of!(VcpuInfo, time);
+const TIME_VERSION: usize = VCPU0_TIME + offset_of!(VcpuTimeInfo, version);
+const TIME_TSC_TIMESTAMP: usize = VCPU0_TIME + offset_of!(VcpuTimeInfo, tsc_timestamp);
+const TIME_SYSTEM_TIME: usize = VCPU0_TIME + offset_of!(VcpuTimeInfo, system_time);
+const TIME_MUL: usize = VCPU0_TIME + offset_of!(VcpuTimeInfo, tsc_to_system_mul);
+/// The 4-byte word holding `tsc_shift` in its low byte (little endian).
+const TIME_SHIFT: usize = VCPU0_TIME + offset_of!(VcpuTimeInfo, tsc_shift);
 
 /// Snapshot of `vcpu_time_info` (version, tsc_timestamp, system_time, mul, shift).
 #[derive(Debug, Clone, Copy, Default)]
@@ -58,10 +69,10 @@ impl SharedInfo {
         unsafe { &*((self.va + off) as *const AtomicU8) }
     }
 
-    fn word(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off.is_multiple_of(8) && off < 4096);
-        // SAFETY: as `byte`, 8-byte aligned.
-        unsafe { &*((self.va + off) as *const AtomicU64) }
+    fn events(&self) -> Option<EventBits> {
+        let page = NonNull::new(self.va as *mut u8)?;
+        // SAFETY: constructor contract: `va` maps the shared-info page for the rest of the program.
+        Some(unsafe { EventBits::new(page) })
     }
 
     fn rd32(&self, off: usize) -> u32 {
@@ -87,16 +98,16 @@ impl SharedInfo {
     /// Consistent snapshot of vCPU 0's time info (seqlock on `version`: odd = being updated).
     pub fn vcpu_time(&self) -> VcpuTime {
         loop {
-            let v1 = self.rd32(VCPU0_TIME);
+            let v1 = self.rd32(TIME_VERSION);
             core::sync::atomic::fence(Ordering::Acquire);
             let t = VcpuTime {
-                tsc_timestamp: self.rd64(VCPU0_TIME + 8),
-                system_time: self.rd64(VCPU0_TIME + 16),
-                tsc_to_system_mul: self.rd32(VCPU0_TIME + 24),
-                tsc_shift: self.rd32(VCPU0_TIME + 28) as u8 as i8,
+                tsc_timestamp: self.rd64(TIME_TSC_TIMESTAMP),
+                system_time: self.rd64(TIME_SYSTEM_TIME),
+                tsc_to_system_mul: self.rd32(TIME_MUL),
+                tsc_shift: self.rd32(TIME_SHIFT) as u8 as i8,
             };
             core::sync::atomic::fence(Ordering::Acquire);
-            let v2 = self.rd32(VCPU0_TIME);
+            let v2 = self.rd32(TIME_VERSION);
             if v1 == v2 && v1 & 1 == 0 {
                 return t;
             }
@@ -105,35 +116,9 @@ impl SharedInfo {
     }
 
     /// Whether event channel `port` is pending; clears it if so (the event is then ours).
+    /// Ports outside the 2-level ABI are never pending.
     pub fn test_and_clear_pending(&self, port: u32) -> bool {
-        if port >= NR_EVENT_CHANNELS {
-            return false;
-        }
-        let w = self.word(EVTCHN_PENDING + (port as usize / 64) * 8);
-        let bit = 1u64 << (port % 64);
-        w.fetch_and(!bit, Ordering::SeqCst) & bit != 0
-    }
-
-    /// Whether event channel `port` is pending (not cleared).
-    pub fn is_pending(&self, port: u32) -> bool {
-        if port >= NR_EVENT_CHANNELS {
-            return false;
-        }
-        let w = self.word(EVTCHN_PENDING + (port as usize / 64) * 8);
-        w.load(Ordering::SeqCst) & (1u64 << (port % 64)) != 0
-    }
-
-    /// Set or clear the mask bit of `port` (a masked port still wakes SCHEDOP_poll).
-    pub fn set_masked(&self, port: u32, masked: bool) {
-        if port >= NR_EVENT_CHANNELS {
-            return;
-        }
-        let w = self.word(EVTCHN_MASK + (port as usize / 64) * 8);
-        let bit = 1u64 << (port % 64);
-        if masked {
-            w.fetch_or(bit, Ordering::SeqCst);
-        } else {
-            w.fetch_and(!bit, Ordering::SeqCst);
-        }
+        self.events()
+            .is_some_and(|ev| ev.test_and_clear(Port(port)))
     }
 }

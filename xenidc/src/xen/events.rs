@@ -6,10 +6,12 @@ use crate::abi::Port;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-const EVTCHN_PENDING: usize = 2048;
-const EVTCHN_MASK: usize = 2560;
+use crate::abi::shared_info::{
+    EVTCHN_MASK_OFFSET as EVTCHN_MASK, EVTCHN_PENDING_OFFSET as EVTCHN_PENDING,
+};
+
 /// Ports of the 2-level ABI on x86_64.
-pub const NR_PORTS: u32 = 4096;
+pub const NR_PORTS: u32 = crate::abi::evtchn::NR_EVENT_CHANNELS_2L;
 
 /// Access to the event bitmaps of our mapped `shared_info` page.
 #[derive(Debug, Clone, Copy)]
