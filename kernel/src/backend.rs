@@ -159,6 +159,25 @@ fn log_events(registry: &Registry, events: &[BusEvent]) {
     }
 }
 
+/// Early wake-ups with no port of ours pending after which the pending ports are logged.
+const SPURIOUS_REPORT: u64 = 1000;
+
+/// Diagnostics of a loop that keeps waking up: every pending event channel, masked or not.
+fn report_stuck_ports(ctx: &Rc<RefCell<Ctx>>) {
+    let ev = ctx.borrow().hv.events();
+    let mut s = String::new();
+    for p in 1..1024u32 {
+        let port = Port(p);
+        if ev.is_pending(port) {
+            s.push_str(&format!(
+                " {p}{}",
+                if ev.is_masked(port) { "(masked)" } else { "" }
+            ));
+        }
+    }
+    log::warn!(target: T, "loop keeps waking up with none of its ports pending; pending:{s}");
+}
+
 fn run<C: HostController>(
     ctx: Rc<RefCell<Ctx>>,
     mut bus: Bus<C, XenDma, KernelClock>,
@@ -209,14 +228,23 @@ fn run<C: HostController>(
     // Loop statistics, logged every STATS_NS while there is traffic.
     let (mut busy_rounds, mut sleeps, mut timeouts) = (0u64, 0u64, 0u64);
     let mut next_stats = clock.now_ns() + STATS_NS;
+    let (mut woke_early, mut spurious) = (false, 0u64);
     loop {
         // 1. Pending ports: cleared before the work, so an event that arrives during the work
         //    stays pending and ends the block below at once.
+        let mut any_port = false;
         ctx.borrow_mut().hv.take_pending(&mut |p| {
+            any_port = true;
             if p == irq_port {
                 taken.set(true);
             }
         });
+        if woke_early && !any_port {
+            spurious += 1;
+            if spurious == SPURIOUS_REPORT {
+                report_stuck_ports(&ctx);
+            }
+        }
         // 2. xl shutdown.
         xen::check_shutdown(&ctx);
         // 3. xenstore, timed work.
@@ -272,12 +300,17 @@ fn run<C: HostController>(
         let deadline = (clock.now_ns() + MAX_SLEEP_NS)
             .min(next_tick)
             .min(next_hubs);
-        let r = ctx.borrow_mut().hv.block(Some(deadline));
+        // The hypervisor object's deadlines are Xen system time, not the kernel clock.
+        let r = ctx
+            .borrow_mut()
+            .hv
+            .block(Some(crate::time::to_xen_system_time(deadline)));
         if let Err(e) = r {
             log::warn!(target: T, "block: {e:?}");
         }
         sleeps += 1;
-        if clock.now_ns() >= deadline {
+        woke_early = clock.now_ns() < deadline;
+        if !woke_early {
             timeouts += 1;
         }
     }

@@ -157,11 +157,20 @@ else
   fail detach "after detach: /sys/block/$DISK still there or no 'USB disconnect' in dmesg"
 fi
 
-# 9. The controller goes away cleanly.
+# 9. The controller goes away cleanly. Ports first, as libxl's usbctrl removal does: a transfer
+#    still in flight on an attached port when the controller closes is never given back, and
+#    xen-hcd's removal then waits for it forever (and so would dom0's poweroff).
+out=$(timeout 30 usbdom detach $FE 2 2>&1) || xt "detach $FE 2: $out"
+wait_for 10 sh -c '! grep -qi "usb keyboard" /proc/bus/input/devices' || xt "keyboard still present after detach"
 out=$(timeout 30 usbdom remove-controller $FE 2>&1)
 rc=$?
 echo "$out" | sed 's/^/XT:   remove-controller: /'
 [ $rc = 0 ] && pass remove-controller || fail remove-controller "usbdom remove-controller $FE rc=$rc"
 
+# Leave dom0 as found (a frontend left behind can hold up dom0's poweroff): unload the drivers.
+for m in usbhid usb-storage xen-hcd; do
+  timeout 20 modprobe -r $m || xt "modprobe -r $m failed (rc=$?)"
+done
+timeout 20 sync || xt "sync did not finish within 20 s"
 xt "pvusb checks done: $fails failed"
 exit $fails
