@@ -21,6 +21,7 @@
 //! The same code runs on the Xen platform, so a test written against the trait also runs as a PV
 //! domU (exit is then a domain shutdown: poweroff for pass, crash for fail).
 
+pub mod bench;
 pub mod bot;
 pub mod probe;
 pub mod pvmm;
@@ -86,6 +87,7 @@ fn dispatch<P: Platform>(name: &str, cmdline: &str, platform: &P) -> Result<(), 
         return r;
     }
     match name {
+        "bench" => bench::run(platform, cmdline),
         "probe" => probe::run(platform),
         "uhci" => uhci::run(platform, cmdline),
         "xhci" => xhci::run(platform, cmdline),
