@@ -2,28 +2,11 @@
 //! BARs decoded and sized through any `hal::PciConfig` (ports 0xCF8/0xCFC under PVH, pcifront on
 //! Xen), and the "what is this" classification the console lines use.
 
-use core::fmt;
-
 use hal::{PciConfig, PciId};
 
-/// `ssss:bb:dd.f`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PciAddress {
-    pub segment: u16,
-    pub bus: u8,
-    pub device: u8,
-    pub function: u8,
-}
-
-impl fmt::Display for PciAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:04x}:{:02x}:{:02x}.{:x}",
-            self.segment, self.bus, self.device, self.function
-        )
-    }
-}
+/// `ssss:bb:dd.f`: one address type for both platforms (pcifront's, which also parses the
+/// toolstack's strings and gives the `devfn` of `pciif.h`).
+pub use xenidc::pcifront::PciAddress;
 
 /// A decoded base address register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use super::front::{Front, FrontConfig};
 use super::irq::{Source, XenIrq};
 use super::Ctx;
 use crate::platform::pci::{usb_host_kind, CMD_BUS_MASTER};
-use crate::platform::{Bar, Kind, MmioRegs, PciAddress, PciFunction, Platform, PortRegs, Regs};
+use crate::platform::{Bar, Kind, MmioRegs, PciFunction, Platform, PortRegs, Regs};
 use crate::pv::mm::{self, MmError, PAGE_SIZE};
 use crate::time::KernelClock;
 
@@ -40,19 +40,6 @@ pub struct XenPlatform {
     iopl: Cell<bool>,
 }
 
-fn kaddr(a: xenidc::pcifront::PciAddress) -> PciAddress {
-    PciAddress {
-        segment: a.segment,
-        bus: a.bus,
-        device: a.device,
-        function: a.function,
-    }
-}
-
-fn faddr(a: PciAddress) -> xenidc::pcifront::PciAddress {
-    xenidc::pcifront::PciAddress::new(a.segment, a.bus, a.device, a.function)
-}
-
 impl XenPlatform {
     /// Build the platform from the functions pcifront found (BARs are decoded and sized through
     /// pcifront here).
@@ -64,7 +51,7 @@ impl XenPlatform {
         let mut functions = Vec::new();
         for info in found {
             let cfg = FrontConfig::new(front.clone(), info.addr);
-            if let Some(f) = PciFunction::probe(kaddr(info.addr), cfg) {
+            if let Some(f) = PciFunction::probe(info.addr, cfg) {
                 functions.push(f);
             }
         }
@@ -199,7 +186,7 @@ impl Platform for XenPlatform {
                 }
             }
         }
-        let msi = self.front.borrow_mut().enable_msi(faddr(f.addr));
+        let msi = self.front.borrow_mut().enable_msi(f.addr);
         match msi {
             Ok(pirq) => match self.bind_pirq(f, pirq, Source::Msi) {
                 Ok(irq) => return Ok(irq),
