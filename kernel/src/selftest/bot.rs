@@ -8,6 +8,7 @@
 
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 
 use hal::{Clock, DmaAlloc, DmaBuf, DmaSegment};
 use usb_core::hc::{
@@ -35,6 +36,19 @@ pub struct Bot<B: DmaBuf> {
     pub data: B,
     pub block_size: u32,
     pub blocks: u64,
+}
+
+/// FNV-1a 64 offset basis: the start value of [`fnv1a64`].
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// FNV-1a 64 of `data`, continuing from `h` (the checksum xtask passes as `usbdom.disk_fnv`).
+pub fn fnv1a64(mut h: u64, data: &[u8]) -> u64 {
+    for &b in data {
+        h ^= b as u64;
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    h
 }
 
 fn be32(b: &[u8]) -> u32 {
@@ -285,5 +299,60 @@ impl<B: DmaBuf> Bot<B> {
             return Err(format!("WRITE(10) at {lba}: {n} of {len} bytes"));
         }
         Ok(n)
+    }
+
+    /// Read the whole medium, [`Self::max_blocks`] per READ(10), and return its FNV-1a 64.
+    pub fn image_fnv1a64<H: HostController, D: DmaAlloc, C: Clock>(
+        &mut self,
+        bus: &mut Bus<H, D, C>,
+    ) -> Result<u64, String> {
+        let mut chunk = alloc::vec![0u8; MAX_XFER];
+        let per = self.max_blocks() as u64;
+        let mut h = FNV_OFFSET;
+        let mut lba = 0;
+        while lba < self.blocks {
+            let n = per.min(self.blocks - lba) as u16;
+            let bytes = self.read(bus, lba, n)?;
+            self.data.read_bytes(0, &mut chunk[..bytes]);
+            h = fnv1a64(h, &chunk[..bytes]);
+            lba += n as u64;
+        }
+        Ok(h)
+    }
+
+    /// WRITE(10) `pattern` (`blocks` blocks) at `at`, READ(10) it back into a zeroed buffer and
+    /// require the same bytes. Returns the number of bytes compared.
+    pub fn write_read_back<H: HostController, D: DmaAlloc, C: Clock>(
+        &mut self,
+        bus: &mut Bus<H, D, C>,
+        at: u64,
+        blocks: u16,
+        pattern: &[u8],
+    ) -> Result<usize, String> {
+        let len = blocks as usize * self.block_size as usize;
+        if pattern.len() != len {
+            return Err(format!(
+                "write/read-back: pattern of {} bytes for {blocks} blocks of {}",
+                pattern.len(),
+                self.block_size
+            ));
+        }
+        self.data.write_bytes(0, pattern);
+        self.write(bus, at, blocks)?;
+        self.data.zero();
+        self.read(bus, at, blocks)?;
+        let mut back: Vec<u8> = alloc::vec![0u8; len];
+        self.data.read_bytes(0, &mut back);
+        if back != pattern {
+            let first = back
+                .iter()
+                .zip(pattern)
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            return Err(format!(
+                "write/read-back mismatch at byte {first} of {len} (LBA {at})"
+            ));
+        }
+        Ok(len)
     }
 }

@@ -23,6 +23,7 @@
 
 pub mod bench;
 pub mod bot;
+pub mod common;
 pub mod probe;
 pub mod pvmm;
 pub mod uhci;

@@ -20,9 +20,8 @@
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::marker::PhantomData;
 
-use hal::{Clock, DmaAlloc, DmaBuf, DmaSegment, HalError};
+use hal::{Clock, DmaAlloc, DmaBuf, DmaSegment};
 use uhci::Uhci;
 use usb_core::enumerate::{Bus, BusEvent};
 use usb_core::hc::{
@@ -31,38 +30,11 @@ use usb_core::hc::{
 };
 use usb_core::request::SetupPacket;
 
-use super::bot::{Bot, MAX_XFER};
+use super::bot::Bot;
 use crate::cmdline;
-use crate::platform::{Platform, Regs};
+use crate::platform::Platform;
 
-/// The platform's allocator, borrowed (the driver and the bus each want one by value).
-pub struct DmaRef<'a, D>(pub &'a D);
-impl<D: DmaAlloc> DmaAlloc for DmaRef<'_, D> {
-    type Buf = D::Buf;
-    fn alloc(&self, size: usize, align: usize) -> Result<D::Buf, HalError> {
-        self.0.alloc(size, align)
-    }
-}
-
-/// The platform's clock, borrowed.
-pub struct ClockRef<'a, C>(pub &'a C);
-impl<C: Clock> Clock for ClockRef<'_, C> {
-    fn now_ns(&self) -> u64 {
-        self.0.now_ns()
-    }
-    fn delay_us(&self, us: u64) {
-        self.0.delay_us(us)
-    }
-}
-
-/// The hal bundle the driver is instantiated with.
-pub struct On<'a, P>(PhantomData<&'a P>);
-impl<'a, P: Platform> hal::Platform for On<'a, P> {
-    type Regs = Regs;
-    type Dma = DmaRef<'a, P::Dma>;
-    type Clock = ClockRef<'a, P::Clock>;
-    type Irq = P::Irq;
-}
+pub use super::common::{ClockRef, DmaRef, On};
 
 pub type UhciBus<'a, P> = Bus<
     Uhci<On<'a, P>>,
@@ -202,15 +174,6 @@ fn wait_transfer<P: Platform>(
     None
 }
 
-/// FNV-1a 64 (the checksum xtask passes as `usbdom.disk_fnv`).
-fn fnv1a64(mut h: u64, data: &[u8]) -> u64 {
-    for &b in data {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 /// QEMU's UHCI moves at most 1280 bytes per 1 ms frame (`frame_bandwidth` in hcd-uhci.c).
 pub const QEMU_UHCI_CAP_BYTES_PER_FRAME: u64 = 1280;
 
@@ -237,19 +200,9 @@ fn storage_checks<P: Platform>(
             "capacity {total} bytes, the image has {want_bytes}"
         ));
     }
-    let mut chunk = alloc::vec![0u8; MAX_XFER];
-    let per = bot.max_blocks() as u64;
     let t0 = p.clock().now_ns();
     let f0 = bus.hc.frames();
-    let mut h = 0xcbf2_9ce4_8422_2325;
-    let mut lba = 0;
-    while lba < bot.blocks {
-        let n = per.min(bot.blocks - lba) as u16;
-        let bytes = bot.read(bus, lba, n)?;
-        bot.data.read_bytes(0, &mut chunk[..bytes]);
-        h = fnv1a64(h, &chunk[..bytes]);
-        lba += n as u64;
-    }
+    let h = bot.image_fnv1a64(bus)?;
     let ns = (p.clock().now_ns() - t0).max(1);
     let frames = (bus.hc.frames() - f0).max(1);
     // Throughput against the bus: bytes per 1 ms frame of the controller's own clock, compared
@@ -274,21 +227,7 @@ fn storage_checks<P: Platform>(
     let pattern: Vec<u8> = (0..len)
         .map(|i| ((i as u32).wrapping_mul(2_246_822_519) >> 13) as u8 ^ 0xa5)
         .collect();
-    bot.data.write_bytes(0, &pattern);
-    bot.write(bus, at, blocks)?;
-    bot.data.zero();
-    bot.read(bus, at, blocks)?;
-    bot.data.read_bytes(0, &mut chunk[..len]);
-    if chunk[..len] != pattern[..] {
-        let first = chunk
-            .iter()
-            .zip(&pattern)
-            .position(|(a, b)| a != b)
-            .unwrap_or(0);
-        return Err(format!(
-            "write/read-back mismatch at byte {first} of {len} (LBA {at})"
-        ));
-    }
+    bot.write_read_back(bus, at, blocks, &pattern)?;
     log::info!(target: T, "wrote and read back {len} bytes at LBA {at}: identical");
     Ok(())
 }

@@ -19,9 +19,8 @@
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::marker::PhantomData;
 
-use hal::{Clock, DmaAlloc, DmaBuf, DmaSegment, HalError};
+use hal::{Clock, DmaAlloc, DmaBuf, DmaSegment};
 use usb_core::hc::{
     DeviceId, Direction, EndpointAddress, HcError, HcEvent, HostController, Speed, TransferFlags,
     TransferRequest, TransferType,
@@ -30,68 +29,17 @@ use usb_core::registry::UsbDevice;
 use usb_core::{Bus, BusEvent};
 use xhci::Xhci;
 
-use super::bot::{Bot, MAX_XFER};
+use super::bot::Bot;
 use crate::cmdline;
-use crate::platform::{Platform, Regs};
+use crate::platform::Platform;
 
-/// The driver's view of the kernel platform: borrows the platform's allocator and clock.
-struct KernelHal<'a, P: Platform>(PhantomData<&'a P>);
-
-struct DmaRef<'a, D>(&'a D);
-struct ClockRef<'a, C>(&'a C);
-
-impl<D> Clone for DmaRef<'_, D> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<D> Copy for DmaRef<'_, D> {}
-impl<C> Clone for ClockRef<'_, C> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<C> Copy for ClockRef<'_, C> {}
-
-impl<D: DmaAlloc> DmaAlloc for DmaRef<'_, D> {
-    type Buf = D::Buf;
-    fn alloc(&self, size: usize, align: usize) -> Result<D::Buf, HalError> {
-        self.0.alloc(size, align)
-    }
-}
-
-impl<C: Clock> Clock for ClockRef<'_, C> {
-    fn now_ns(&self) -> u64 {
-        self.0.now_ns()
-    }
-    fn delay_us(&self, us: u64) {
-        self.0.delay_us(us)
-    }
-}
-
-impl<'a, P: Platform> hal::Platform for KernelHal<'a, P> {
-    type Regs = Regs;
-    type Dma = DmaRef<'a, P::Dma>;
-    type Clock = ClockRef<'a, P::Clock>;
-    type Irq = P::Irq;
-}
+use super::common::{ClockRef, DmaRef, On};
 
 type TestBus<'a, P> = Bus<
-    Xhci<KernelHal<'a, P>>,
+    Xhci<On<'a, P>>,
     DmaRef<'a, <P as hal::Platform>::Dma>,
     ClockRef<'a, <P as hal::Platform>::Clock>,
 >;
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
-fn fnv1a64(mut h: u64, data: &[u8]) -> u64 {
-    for &b in data {
-        h ^= b as u64;
-        h = h.wrapping_mul(FNV_PRIME);
-    }
-    h
-}
 
 fn log_device(d: &UsbDevice) {
     let dd = &d.descriptor;
@@ -153,8 +101,8 @@ pub fn run<P: Platform>(platform: &P, cmd: &str) -> Result<(), String> {
         f.id.device, platform.irq_description());
     let dma = DmaRef(platform.dma());
     let clock = ClockRef(platform.clock());
-    let hc = Xhci::<KernelHal<'_, P>>::new(regs, dma, clock, irq)
-        .map_err(|e| format!("xHCI bring-up: {e}"))?;
+    let hc =
+        Xhci::<On<'_, P>>::new(regs, dma, clock, irq).map_err(|e| format!("xHCI bring-up: {e}"))?;
     let mut bus: TestBus<'_, P> = Bus::new(hc, dma, clock).map_err(|e| format!("bus: {e}"))?;
 
     // 1. Enumerate everything.
@@ -241,17 +189,7 @@ fn storage_test<P: Platform>(bus: &mut TestBus<'_, P>, cmd: &str) -> Result<(), 
     // Whole-image read.
     let clock = bus.clock;
     let t0 = clock.now_ns();
-    let mut h = FNV_OFFSET;
-    let mut chunk = alloc::vec![0u8; MAX_XFER];
-    let per = bot.max_blocks() as u64;
-    let mut lba = 0;
-    while lba < bot.blocks {
-        let n = per.min(bot.blocks - lba) as u16;
-        let bytes = bot.read(bus, lba, n)?;
-        bot.data.read_bytes(0, &mut chunk[..bytes]);
-        h = fnv1a64(h, &chunk[..bytes]);
-        lba += n as u64;
-    }
+    let h = bot.image_fnv1a64(bus)?;
     let ns = (clock.now_ns() - t0).max(1);
     let kib_s = total * 1_000_000_000 / 1024 / ns;
     log::info!(target: "xhci", "read {} KiB in {} ms: {} KiB/s, fnv1a64 {h:016x}", total / 1024,
@@ -272,21 +210,7 @@ fn storage_test<P: Platform>(bus: &mut TestBus<'_, P>, cmd: &str) -> Result<(), 
     let pattern: Vec<u8> = (0..len)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ 0x5a)
         .collect();
-    bot.data.write_bytes(0, &pattern);
-    bot.write(bus, at, blocks)?;
-    bot.data.zero();
-    bot.read(bus, at, blocks)?;
-    bot.data.read_bytes(0, &mut chunk[..len]);
-    if chunk[..len] != pattern[..] {
-        let first = chunk
-            .iter()
-            .zip(&pattern)
-            .position(|(a, b)| a != b)
-            .unwrap_or(0);
-        return Err(format!(
-            "write/read-back mismatch at byte {first} of {len} (LBA {at})"
-        ));
-    }
+    bot.write_read_back(bus, at, blocks, &pattern)?;
     log::info!(target: "xhci", "wrote and read back {len} bytes at LBA {at}: identical");
     Ok(())
 }
