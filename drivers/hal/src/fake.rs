@@ -268,6 +268,35 @@ impl RegisterIo for FakeRegs {
     }
 }
 
+/// A [`RegisterIo`] handle to a shared [`FakeRegs`] block: the driver under test owns one, the
+/// simulated device model keeps the `Rc` to read and change the same registers.
+#[derive(Clone)]
+pub struct SharedRegs(pub Rc<FakeRegs>);
+
+impl RegisterIo for SharedRegs {
+    fn read8(&self, offset: usize) -> u8 {
+        self.0.read8(offset)
+    }
+    fn read16(&self, offset: usize) -> u16 {
+        self.0.read16(offset)
+    }
+    fn read32(&self, offset: usize) -> u32 {
+        self.0.read32(offset)
+    }
+    fn write8(&self, offset: usize, value: u8) {
+        self.0.write8(offset, value)
+    }
+    fn write16(&self, offset: usize, value: u16) {
+        self.0.write16(offset, value)
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        self.0.write32(offset, value)
+    }
+    fn size(&self) -> usize {
+        self.0.size()
+    }
+}
+
 /// A clock that only moves when told to; `delay_us` advances it.
 #[derive(Clone, Default)]
 pub struct FakeClock {

@@ -12,37 +12,13 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 
 use hal::fake::{FakeClock, FakeDma, FakeIrq, FakeMemory, FakeRegs};
-use hal::{Clock, Platform, RegisterIo};
+use hal::{Clock, Platform};
 
 use crate::regs::{self, Cmd, Intr, PortSc, Sts};
 use crate::schedule::{Link, Td, TdCtrl, PID_IN, PID_OUT, PID_SETUP};
 
 /// `RegisterIo` over a shared [`FakeRegs`].
-pub struct SimRegs(pub Rc<FakeRegs>);
-
-impl RegisterIo for SimRegs {
-    fn read8(&self, o: usize) -> u8 {
-        self.0.read8(o)
-    }
-    fn read16(&self, o: usize) -> u16 {
-        self.0.read16(o)
-    }
-    fn read32(&self, o: usize) -> u32 {
-        self.0.read32(o)
-    }
-    fn write8(&self, o: usize, v: u8) {
-        self.0.write8(o, v)
-    }
-    fn write16(&self, o: usize, v: u16) {
-        self.0.write16(o, v)
-    }
-    fn write32(&self, o: usize, v: u32) {
-        self.0.write32(o, v)
-    }
-    fn size(&self) -> usize {
-        self.0.size()
-    }
-}
+pub use hal::fake::SharedRegs as SimRegs;
 
 pub struct SimPlatform;
 impl Platform for SimPlatform {

@@ -81,32 +81,7 @@ pub struct SimXhci {
 }
 
 /// A `RegisterIo` handle to the shared fake register block.
-#[derive(Clone)]
-pub struct Regs(pub Rc<FakeRegs>);
-
-impl hal::RegisterIo for Regs {
-    fn read8(&self, o: usize) -> u8 {
-        self.0.read8(o)
-    }
-    fn read16(&self, o: usize) -> u16 {
-        self.0.read16(o)
-    }
-    fn read32(&self, o: usize) -> u32 {
-        self.0.read32(o)
-    }
-    fn write8(&self, o: usize, v: u8) {
-        self.0.write8(o, v)
-    }
-    fn write16(&self, o: usize, v: u16) {
-        self.0.write16(o, v)
-    }
-    fn write32(&self, o: usize, v: u32) {
-        self.0.write32(o, v)
-    }
-    fn size(&self) -> usize {
-        self.0.size()
-    }
-}
+pub use hal::fake::SharedRegs as Regs;
 
 fn portsc(port: u8) -> usize {
     CAPLEN + PORT_BASE + 0x10 * (port as usize - 1)
