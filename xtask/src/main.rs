@@ -12,6 +12,7 @@ mod build;
 mod console;
 mod cpio;
 mod host;
+mod pvusb_tier;
 mod qemu;
 mod qemu_tier;
 mod report;

@@ -660,6 +660,7 @@ pub fn tier(r: &mut Report) {
         Ok(g) => g,
         Err(e) => return r.fail("xen: kernel build", e),
     };
+    let pvusb_vars = dom0_vars.clone();
     let b = Boot {
         art: &art,
         guest: &guest,
@@ -680,6 +681,8 @@ pub fn tier(r: &mut Report) {
         Err(e) => return r.fail("xen: boot", e),
     };
     judge(r, &b, &res);
+    // PVUSB end to end (dom0 as the frontend), in a boot of its own.
+    crate::pvusb_tier::tier(r, &art, &guest, pvusb_vars);
 }
 
 /// The Xen-tier checks of a finished boot.
@@ -803,6 +806,8 @@ pub fn cmd_e2e(o: E2e) -> Result<bool, String> {
     if let Some(s) = &o.script {
         extra.push(("tests/user.sh".to_string(), s.clone()));
     }
+    // The dom0 kernel, which a script can boot as a Linux domU (tests/xen/pvusb-domu.sh).
+    extra.push(("guest/vmlinuz".to_string(), art.vmlinuz.clone()));
     let b = Boot {
         art: &art,
         guest: &guest,
