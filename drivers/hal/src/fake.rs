@@ -297,6 +297,17 @@ impl RegisterIo for SharedRegs {
     }
 }
 
+/// The hal bundle of the fakes: a driver under test instantiated over [`SharedRegs`],
+/// [`FakeDma`], [`FakeClock`] and [`FakeIrq`].
+pub struct FakePlatform;
+
+impl crate::Platform for FakePlatform {
+    type Regs = SharedRegs;
+    type Dma = FakeDma;
+    type Clock = FakeClock;
+    type Irq = FakeIrq;
+}
+
 /// A clock that only moves when told to; `delay_us` advances it.
 #[derive(Clone, Default)]
 pub struct FakeClock {

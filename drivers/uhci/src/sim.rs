@@ -12,7 +12,7 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 
 use hal::fake::{FakeClock, FakeDma, FakeIrq, FakeMemory, FakeRegs};
-use hal::{Clock, Platform};
+use hal::Clock;
 
 use crate::regs::{self, Cmd, Intr, PortSc, Sts};
 use crate::schedule::{Link, Td, TdCtrl, PID_IN, PID_OUT, PID_SETUP};
@@ -20,13 +20,8 @@ use crate::schedule::{Link, Td, TdCtrl, PID_IN, PID_OUT, PID_SETUP};
 /// `RegisterIo` over a shared [`FakeRegs`].
 pub use hal::fake::SharedRegs as SimRegs;
 
-pub struct SimPlatform;
-impl Platform for SimPlatform {
-    type Regs = SimRegs;
-    type Dma = FakeDma;
-    type Clock = FakeClock;
-    type Irq = FakeIrq;
-}
+/// The hal bundle the driver is tested with.
+pub use hal::fake::FakePlatform as SimPlatform;
 
 /// A device's answer to one transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -74,6 +74,33 @@ fn string_desc(s: &str) -> Vec<u8> {
 }
 
 impl SimDevice {
+    /// A mass-storage stick as QEMU's `usb-storage` presents it (46f4:0001, class 8, bulk IN 0x81
+    /// and OUT 0x02 with 1024-byte packets at SuperSpeed, 512 otherwise).
+    pub fn qemu_storage(speed: Speed) -> Self {
+        let mps = if speed == Speed::Super { 1024 } else { 512 };
+        SimDevice::new(
+            speed,
+            0x46f4,
+            0x0001,
+            8,
+            &[(0x81, 2, mps), (0x02, 2, mps)],
+            "QEMU USB HARDDRIVE",
+        )
+    }
+
+    /// A full-speed keyboard as QEMU's `usb-kbd` presents it (0627:0001, class 3, interrupt IN
+    /// 0x81 of 8 bytes).
+    pub fn qemu_keyboard() -> Self {
+        SimDevice::new(
+            Speed::Full,
+            0x0627,
+            0x0001,
+            3,
+            &[(0x81, 3, 8)],
+            "QEMU USB Keyboard",
+        )
+    }
+
     /// A device with the given IDs, one configuration with one interface of `class` and the
     /// given endpoints (address, attributes, max packet), and product string `product`.
     pub fn new(

@@ -6,21 +6,16 @@
 //! Costs include the simulated controller's work.  The marginal cost of one more TRB in a TD is
 //! `(bulk-16trb - bulk-1trb) / 15`, which `xtask bench` shows as the ratio of the two variants.
 
-use hal::fake::{FakeClock, FakeDma, FakeIrq, FakeMemory};
-use hal::{DmaAlloc, DmaBuf, DmaSegment, Platform};
+use hal::fake::{FakeClock, FakeDma, FakeMemory};
+use hal::{DmaAlloc, DmaBuf, DmaSegment};
 use usb_core::hc::*;
 use usb_core::sim::SimDevice;
 use usb_core::Bus;
-use xhci::sim::{Regs, SimXhci};
+use xhci::sim::SimXhci;
 use xhci::Xhci;
 
-struct P;
-impl Platform for P {
-    type Regs = Regs;
-    type Dma = FakeDma;
-    type Clock = FakeClock;
-    type Irq = FakeIrq;
-}
+/// The driver over the simulated controller's registers and the hal fakes.
+type P = hal::fake::FakePlatform;
 
 const VARIANTS: &[&str] = &["bulk-1trb", "bulk-16trb", "control-8"];
 

@@ -3,23 +3,18 @@
 use std::vec;
 use std::vec::Vec;
 
-use hal::fake::{FakeClock, FakeDma, FakeIrq, FakeMemory};
-use hal::{DmaAlloc, DmaBuf, DmaSegment, Platform};
+use hal::fake::{FakeClock, FakeDma, FakeMemory};
+use hal::{DmaAlloc, DmaBuf, DmaSegment};
 use usb_core::hc::*;
 use usb_core::sim::SimDevice;
 use usb_core::{Bus, BusEvent};
 
-use crate::sim::{Regs, SimXhci};
+use crate::sim::SimXhci;
 use crate::trb::ty;
 use crate::Xhci;
 
-struct P;
-impl Platform for P {
-    type Regs = Regs;
-    type Dma = FakeDma;
-    type Clock = FakeClock;
-    type Irq = FakeIrq;
-}
+/// The driver over the simulated controller's registers and the hal fakes.
+type P = hal::fake::FakePlatform;
 
 struct Rig {
     sim: SimXhci,
@@ -47,29 +42,6 @@ fn start(r: &Rig, irq: bool) -> Xhci<P> {
         irq.then(|| r.sim.irq()),
     )
     .expect("controller starts")
-}
-
-fn storage(speed: Speed) -> SimDevice {
-    let mps = if speed == Speed::Super { 1024 } else { 512 };
-    SimDevice::new(
-        speed,
-        0x46f4,
-        0x0001,
-        8,
-        &[(0x81, 2, mps), (0x02, 2, mps)],
-        "QEMU USB HARDDRIVE",
-    )
-}
-
-fn keyboard() -> SimDevice {
-    SimDevice::new(
-        Speed::Full,
-        0x0627,
-        0x0001,
-        3,
-        &[(0x81, 3, 8)],
-        "QEMU USB Keyboard",
-    )
 }
 
 fn drain(x: &mut Xhci<P>) -> Vec<HcEvent> {
@@ -124,7 +96,7 @@ fn bring_up_sets_up_dcbaa_scratchpad_rings_and_ports() {
 fn commands_complete_and_map_errors() {
     let r = rig(false, 0);
     let mut x = start(&r, false);
-    r.sim.plug(1, Some(keyboard()));
+    r.sim.plug(1, Some(SimDevice::qemu_keyboard()));
     let info = DeviceInfo {
         route: Route::root(1),
         speed: Speed::Full,
@@ -176,8 +148,8 @@ fn enumerate(r: &Rig, x: Xhci<P>) -> Bus<Xhci<P>, FakeDma, FakeClock> {
 fn enumeration_end_to_end_over_usb2_and_usb3_ports() {
     for csz64 in [false, true] {
         let r = rig(csz64, 1);
-        r.sim.plug(1, Some(keyboard()));
-        r.sim.plug(3, Some(storage(Speed::Super)));
+        r.sim.plug(1, Some(SimDevice::qemu_keyboard()));
+        r.sim.plug(3, Some(SimDevice::qemu_storage(Speed::Super)));
         let x = start(&r, true);
         let bus = enumerate(&r, x);
         assert_eq!(bus.registry.len(), 2);
@@ -221,7 +193,7 @@ fn bulk(
 #[test]
 fn bulk_transfers_multi_trb_short_and_wrap() {
     let r = rig(false, 0);
-    r.sim.plug(2, Some(storage(Speed::High)));
+    r.sim.plug(2, Some(SimDevice::qemu_storage(Speed::High)));
     let x = start(&r, false);
     let mut bus = enumerate(&r, x);
     let dev = bus.registry.by_route(&Route::root(2)).unwrap().id;
@@ -289,7 +261,7 @@ fn bulk_transfers_multi_trb_short_and_wrap() {
 #[test]
 fn stall_halts_endpoint_fails_queue_and_clear_halt_recovers() {
     let r = rig(true, 0);
-    r.sim.plug(1, Some(storage(Speed::High)));
+    r.sim.plug(1, Some(SimDevice::qemu_storage(Speed::High)));
     let x = start(&r, false);
     let mut bus = enumerate(&r, x);
     let dev = bus.registry.by_route(&Route::root(1)).unwrap().id;
@@ -350,7 +322,7 @@ fn stall_halts_endpoint_fails_queue_and_clear_halt_recovers() {
 #[test]
 fn control_stall_and_short_control_read() {
     let r = rig(false, 0);
-    r.sim.plug(1, Some(keyboard()));
+    r.sim.plug(1, Some(SimDevice::qemu_keyboard()));
     let x = start(&r, false);
     let mut bus = enumerate(&r, x);
     let dev = bus.registry.by_route(&Route::root(1)).unwrap().id;
@@ -380,7 +352,7 @@ fn control_stall_and_short_control_read() {
 #[test]
 fn cancel_pending_transfer_and_queue_continues() {
     let r = rig(false, 0);
-    r.sim.plug(1, Some(keyboard()));
+    r.sim.plug(1, Some(SimDevice::qemu_keyboard()));
     let x = start(&r, true);
     let mut bus = enumerate(&r, x);
     let dev = bus.registry.by_route(&Route::root(1)).unwrap().id;
@@ -447,8 +419,8 @@ fn cancel_pending_transfer_and_queue_continues() {
 #[test]
 fn disconnect_fails_outstanding_transfers_with_no_device() {
     let r = rig(false, 0);
-    r.sim.plug(1, Some(keyboard()));
-    r.sim.plug(2, Some(storage(Speed::High)));
+    r.sim.plug(1, Some(SimDevice::qemu_keyboard()));
+    r.sim.plug(2, Some(SimDevice::qemu_storage(Speed::High)));
     let x = start(&r, false);
     let mut bus = enumerate(&r, x);
     let kbd = bus.registry.by_route(&Route::root(1)).unwrap().id;
@@ -496,7 +468,7 @@ fn disconnect_fails_outstanding_transfers_with_no_device() {
     bulk(&mut bus.hc, st, 0x81, &seg, TransferFlags::empty());
     assert_eq!(completions(&mut bus.hc)[0].result, Ok(()));
     // Replug: enumerates again.
-    r.sim.plug(1, Some(keyboard()));
+    r.sim.plug(1, Some(SimDevice::qemu_keyboard()));
     let ev = bus.handle_root_port(1);
     assert!(matches!(ev[..], [BusEvent::Attached(_)]), "{ev:?}");
 }
@@ -505,8 +477,8 @@ fn disconnect_fails_outstanding_transfers_with_no_device() {
 fn devices_behind_a_hub_get_route_and_tt() {
     let r = rig(false, 0);
     let mut hub = SimDevice::hub(4);
-    hub.hub.as_mut().unwrap().ports[2].device = Some(keyboard());
-    hub.hub.as_mut().unwrap().ports[0].device = Some(storage(Speed::High));
+    hub.hub.as_mut().unwrap().ports[2].device = Some(SimDevice::qemu_keyboard());
+    hub.hub.as_mut().unwrap().ports[0].device = Some(SimDevice::qemu_storage(Speed::High));
     r.sim.plug(2, Some(hub));
     let x = start(&r, false);
     let bus = enumerate(&r, x);
@@ -532,10 +504,10 @@ fn devices_behind_a_hub_get_route_and_tt() {
 #[test]
 fn malformed_device_disables_port_others_continue() {
     let r = rig(false, 0);
-    let mut bad = keyboard();
+    let mut bad = SimDevice::qemu_keyboard();
     bad.device_desc[7] = 3; // impossible bMaxPacketSize0
     r.sim.plug(1, Some(bad));
-    r.sim.plug(2, Some(keyboard()));
+    r.sim.plug(2, Some(SimDevice::qemu_keyboard()));
     let x = start(&r, false);
     let mut bus = Bus::new(x, r.dma.clone(), r.clock.clone()).unwrap();
     let ev = bus.scan();
@@ -564,7 +536,7 @@ fn malformed_device_disables_port_others_continue() {
 #[test]
 fn event_ring_wraps_many_times() {
     let r = rig(false, 0);
-    r.sim.plug(2, Some(storage(Speed::High)));
+    r.sim.plug(2, Some(SimDevice::qemu_storage(Speed::High)));
     let x = start(&r, true);
     let mut bus = enumerate(&r, x);
     let dev = bus.registry.by_route(&Route::root(2)).unwrap().id;
@@ -592,10 +564,10 @@ fn event_ring_wraps_many_times() {
 #[test]
 fn silent_device_times_out_cleanly_and_its_port_is_disabled() {
     let r = rig(false, 0);
-    let mut silent = keyboard();
+    let mut silent = SimDevice::qemu_keyboard();
     silent.fault = usb_core::sim::Fault::SilentAfter(1);
     r.sim.plug(1, Some(silent));
-    r.sim.plug(2, Some(keyboard()));
+    r.sim.plug(2, Some(SimDevice::qemu_keyboard()));
     let x = start(&r, false);
     let mut bus = Bus::new(x, r.dma.clone(), r.clock.clone()).unwrap();
     let ev = bus.scan();
@@ -628,7 +600,7 @@ fn silent_device_times_out_cleanly_and_its_port_is_disabled() {
 #[test]
 fn babble_and_transaction_errors_map_and_halt() {
     let r = rig(false, 0);
-    r.sim.plug(2, Some(storage(Speed::High)));
+    r.sim.plug(2, Some(SimDevice::qemu_storage(Speed::High)));
     let x = start(&r, false);
     let mut bus = enumerate(&r, x);
     let dev = bus.registry.by_route(&Route::root(2)).unwrap().id;
@@ -661,7 +633,7 @@ fn a_32_bit_controller_refuses_buffers_above_4_gib() {
     let r = rig(false, 0);
     let hcc = r.sim.regs.peek(crate::regs::HCCPARAMS1, 4) & !(crate::regs::HCC_AC64 as u64);
     r.sim.regs.poke(crate::regs::HCCPARAMS1, 4, hcc);
-    r.sim.plug(2, Some(storage(Speed::High)));
+    r.sim.plug(2, Some(SimDevice::qemu_storage(Speed::High)));
     let x = start(&r, false);
     let mut bus = enumerate(&r, x);
     let dev = bus.registry.by_route(&Route::root(2)).unwrap().id;

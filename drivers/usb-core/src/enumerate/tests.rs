@@ -8,34 +8,11 @@ fn bus(ports: u8) -> Bus<SimHc, FakeDma, FakeClock> {
     Bus::new(hc, FakeDma::new(mem), FakeClock::default()).unwrap()
 }
 
-fn storage(speed: Speed) -> SimDevice {
-    let mps = if speed == Speed::Super { 1024 } else { 512 };
-    SimDevice::new(
-        speed,
-        0x46f4,
-        0x0001,
-        8,
-        &[(0x81, 2, mps), (0x02, 2, mps)],
-        "QEMU USB HARDDRIVE",
-    )
-}
-
-fn keyboard() -> SimDevice {
-    SimDevice::new(
-        Speed::Full,
-        0x0627,
-        0x0001,
-        3,
-        &[(0x81, 3, 8)],
-        "QEMU USB Keyboard",
-    )
-}
-
 #[test]
 fn enumerates_root_devices() {
     let mut b = bus(4);
-    b.hc.plug(1, Some(storage(Speed::High)));
-    b.hc.plug(3, Some(keyboard()));
+    b.hc.plug(1, Some(SimDevice::qemu_storage(Speed::High)));
+    b.hc.plug(3, Some(SimDevice::qemu_keyboard()));
     let ev = b.scan();
     assert_eq!(ev.len(), 2, "{ev:?}");
     assert_eq!(b.registry.len(), 2);
@@ -79,7 +56,7 @@ fn enumerates_root_devices() {
 #[test]
 fn superspeed_uses_512_byte_ep0() {
     let mut b = bus(2);
-    b.hc.plug(2, Some(storage(Speed::Super)));
+    b.hc.plug(2, Some(SimDevice::qemu_storage(Speed::Super)));
     let ev = b.scan();
     assert!(matches!(ev[..], [BusEvent::Attached(_)]), "{ev:?}");
     let d = b.registry.by_route(&Route::root(2)).unwrap();
@@ -95,8 +72,8 @@ fn superspeed_uses_512_byte_ep0() {
 fn hub_with_devices_behind_it() {
     let mut b = bus(2);
     let mut hub = SimDevice::hub(4);
-    hub.hub.as_mut().unwrap().ports[1].device = Some(keyboard());
-    hub.hub.as_mut().unwrap().ports[3].device = Some(storage(Speed::High));
+    hub.hub.as_mut().unwrap().ports[1].device = Some(SimDevice::qemu_keyboard());
+    hub.hub.as_mut().unwrap().ports[3].device = Some(SimDevice::qemu_storage(Speed::High));
     b.hc.plug(1, Some(hub));
     let ev = b.scan();
     assert_eq!(ev.len(), 3, "{ev:?}");
@@ -127,7 +104,7 @@ fn hub_with_devices_behind_it() {
     );
     assert_eq!(b.registry.len(), 2);
     // And back.
-    b.hc.plug_behind_hub(Route::root(1), 2, Some(keyboard()));
+    b.hc.plug_behind_hub(Route::root(1), 2, Some(SimDevice::qemu_keyboard()));
     let ev = b.poll_hubs();
     assert!(matches!(ev[..], [BusEvent::Attached(_)]), "{ev:?}");
 
@@ -147,10 +124,10 @@ fn hub_with_devices_behind_it() {
 #[test]
 fn malformed_descriptor_disables_only_that_port() {
     let mut b = bus(2);
-    let mut bad = keyboard();
+    let mut bad = SimDevice::qemu_keyboard();
     bad.config[9] = 0; // bLength 0 inside the configuration
     b.hc.plug(1, Some(bad));
-    b.hc.plug(2, Some(storage(Speed::High)));
+    b.hc.plug(2, Some(SimDevice::qemu_storage(Speed::High)));
     let ev = b.scan();
     assert!(
         matches!(ev[0], BusEvent::Failed(r, UsbError::Descriptor(_)) if r == Route::root(1)),
@@ -169,13 +146,13 @@ fn malformed_descriptor_disables_only_that_port() {
 #[test]
 fn silent_device_times_out_and_stalling_device_fails() {
     let mut b = bus(3);
-    let mut silent = keyboard();
+    let mut silent = SimDevice::qemu_keyboard();
     silent.fault = Fault::SilentAfter(1);
-    let mut stalls = keyboard();
+    let mut stalls = SimDevice::qemu_keyboard();
     stalls.fault = Fault::StallControlAfter(0);
     b.hc.plug(1, Some(silent));
     b.hc.plug(2, Some(stalls));
-    b.hc.plug(3, Some(keyboard()));
+    b.hc.plug(3, Some(SimDevice::qemu_keyboard()));
     let ev = b.scan();
     assert!(
         matches!(ev[0], BusEvent::Failed(_, UsbError::Timeout(_))),
@@ -193,8 +170,8 @@ fn silent_device_times_out_and_stalling_device_fails() {
 #[test]
 fn port_events_arriving_during_enumeration_are_kept() {
     let mut b = bus(2);
-    b.hc.plug(1, Some(keyboard()));
-    b.hc.plug(2, Some(keyboard()));
+    b.hc.plug(1, Some(SimDevice::qemu_keyboard()));
+    b.hc.plug(2, Some(SimDevice::qemu_keyboard()));
     let _ = b.handle_root_port(1);
     // The two plug events were queued before; enumeration's waits must not lose them.
     let mut changes = vec![];
