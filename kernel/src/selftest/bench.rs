@@ -102,7 +102,9 @@ fn measure<H: HostController, D: DmaAlloc, C: Clock>(
     let mut lba = 0;
     while lba < bot.blocks {
         let n = per.min(bot.blocks - lba) as u16;
-        let bytes = bot.read(bus, lba, n)?;
+        let bytes = bot
+            .read(bus, lba, n)
+            .map_err(|e| format!("checked pass, command {} (LBA {lba}): {e}", lba / per))?;
         bot.data.read_bytes(0, &mut chunk[..bytes]);
         h = fnv1a64(h, &chunk[..bytes]);
         lba += n as u64;
@@ -119,7 +121,13 @@ fn measure<H: HostController, D: DmaAlloc, C: Clock>(
         let mut lba = 0;
         while lba < bot.blocks {
             let n = per.min(bot.blocks - lba) as u16;
-            bot.read(bus, lba, n)?;
+            bot.read(bus, lba, n).map_err(|e| {
+                format!(
+                    "timed pass {pass}, command {} (LBA {lba}; {} READ(10)s before it): {e}",
+                    lba / per,
+                    (pass as u64) * bot.blocks.div_ceil(per) + lba / per
+                )
+            })?;
             lba += n as u64;
         }
         let ns = (bus.clock.now_ns() - t0).max(1);
