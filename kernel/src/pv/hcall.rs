@@ -38,6 +38,8 @@ pub struct MmuUpdate {
     pub val: u64,
 }
 const _: () = assert!(core::mem::size_of::<MmuUpdate>() == 16);
+const _: () = assert!(core::mem::align_of::<MmuUpdate>() == core::mem::align_of::<[u64; 2]>());
+const _: () = assert!(core::mem::offset_of!(MmuUpdate, val) == 8);
 
 /// `struct mmuext_op`: command, then a union of mfn/linear_addr, then a union of nr_ents/vcpumask.
 #[derive(Debug, Clone, Copy)]
@@ -111,23 +113,20 @@ pub unsafe fn update_va_mapping(va: usize, pte: u64, flags: usize) -> isize {
     unsafe { hypercall3(nr::UPDATE_VA_MAPPING, va, pte as usize, flags) }
 }
 
-/// `mmu_update(reqs, count, &done, foreigndom)`; returns (result, number done).
+/// `mmu_update(reqs, count, &done, foreigndom)` through [`ops::mmu_update`]; returns (result:
+/// 0 or -errno, number done).
 ///
 /// # Safety
 /// As [`update_va_mapping`]: the caller owns every PTE named in `reqs`.
 pub unsafe fn mmu_update(reqs: &[MmuUpdate], foreigndom: u16) -> (isize, u32) {
-    let mut done: u32 = 0;
-    // SAFETY: `reqs` and `done` are valid for the call; the caller owns the PTEs.
-    let r = unsafe {
-        hypercall4(
-            nr::MMU_UPDATE,
-            reqs.as_ptr() as usize,
-            reqs.len(),
-            &mut done as *mut u32 as usize,
-            foreigndom as usize,
-        )
-    };
-    (r, done)
+    // SAFETY: `MmuUpdate` is `#[repr(C)]` { u64, u64 }, 16 bytes (asserted above): the layout of
+    // `[u64; 2]`; the view borrows `reqs` for the call only.
+    let raw = unsafe { core::slice::from_raw_parts(reqs.as_ptr() as *const [u64; 2], reqs.len()) };
+    // SAFETY: forwarded; the caller owns the PTEs.
+    match unsafe { ops::mmu_update(raw, DomId(foreigndom)) } {
+        Ok(done) => (0, done),
+        Err((errno, done)) => (-(errno as isize), done),
+    }
 }
 
 /// `mmuext_op(ops, count, &done, DOMID_SELF)`.
