@@ -278,12 +278,7 @@ impl<B: DmaBuf> Bot<B> {
         lba: u64,
         count: u16,
     ) -> Result<usize, String> {
-        let len = count as usize * self.block_size as usize;
-        let n = self.command(bus, &Self::rw10(0x28, lba, count), true, len)?;
-        if n != len {
-            return Err(format!("READ(10) at {lba}: {n} of {len} bytes"));
-        }
-        Ok(n)
+        self.rw10_blocks(bus, 0x28, "READ(10)", true, lba, count)
     }
 
     /// WRITE(10) of `count` blocks at `lba` from `self.data`.
@@ -293,10 +288,23 @@ impl<B: DmaBuf> Bot<B> {
         lba: u64,
         count: u16,
     ) -> Result<usize, String> {
+        self.rw10_blocks(bus, 0x2a, "WRITE(10)", false, lba, count)
+    }
+
+    /// One READ(10)/WRITE(10) (`op`) of `count` blocks at `lba`; every byte must move.
+    fn rw10_blocks<H: HostController, D: DmaAlloc, C: Clock>(
+        &mut self,
+        bus: &mut Bus<H, D, C>,
+        op: u8,
+        name: &str,
+        data_in: bool,
+        lba: u64,
+        count: u16,
+    ) -> Result<usize, String> {
         let len = count as usize * self.block_size as usize;
-        let n = self.command(bus, &Self::rw10(0x2a, lba, count), false, len)?;
+        let n = self.command(bus, &Self::rw10(op, lba, count), data_in, len)?;
         if n != len {
-            return Err(format!("WRITE(10) at {lba}: {n} of {len} bytes"));
+            return Err(format!("{name} at {lba}: {n} of {len} bytes"));
         }
         Ok(n)
     }
