@@ -235,6 +235,38 @@ fn wait_completion<P: Platform>(
     None
 }
 
+/// A DMA buffer for one 8-byte boot-keyboard report (HID 1.11 appendix B) and its segment.
+fn report_buffer<P: Platform>(
+    bus: &TestBus<'_, P>,
+) -> Result<(<P::Dma as DmaAlloc>::Buf, [DmaSegment; 1]), String> {
+    let buf = bus.dma().alloc(64, 64).map_err(|e| format!("DMA: {e}"))?;
+    let seg = [DmaSegment {
+        bus_addr: buf.bus_addr(),
+        len: 8,
+    }];
+    Ok((buf, seg))
+}
+
+/// An interrupt IN transfer of one report from the keyboard's endpoint `ep` into `seg`.
+fn report_request(kbd: DeviceId, ep: EndpointAddress, seg: &[DmaSegment]) -> TransferRequest<'_> {
+    TransferRequest {
+        device: kbd,
+        endpoint: ep,
+        setup: None,
+        buffer: seg,
+        flags: TransferFlags::empty(),
+    }
+}
+
+fn submit_report<P: Platform>(
+    bus: &mut TestBus<'_, P>,
+    req: &TransferRequest<'_>,
+) -> Result<usb_core::hc::TransferId, String> {
+    bus.hc
+        .submit(req)
+        .map_err(|e| format!("keyboard submit: {e}"))
+}
+
 fn keyboard_test<P: Platform>(
     bus: &mut TestBus<'_, P>,
     kbd: DeviceId,
@@ -243,22 +275,9 @@ fn keyboard_test<P: Platform>(
     wait_key(bus, kbd, ep, "XHCI-ACTION sendkey")?;
     // Cancel an outstanding interrupt transfer (Stop Endpoint + Set TR Dequeue Pointer), then
     // the endpoint must still deliver the next key.
-    let buf = bus.dma().alloc(64, 64).map_err(|e| format!("DMA: {e}"))?;
-    let seg = [DmaSegment {
-        bus_addr: buf.bus_addr(),
-        len: 8,
-    }];
-    let req = TransferRequest {
-        device: kbd,
-        endpoint: ep,
-        setup: None,
-        buffer: &seg,
-        flags: TransferFlags::empty(),
-    };
-    let id = bus
-        .hc
-        .submit(&req)
-        .map_err(|e| format!("keyboard submit: {e}"))?;
+    let (_buf, seg) = report_buffer(bus)?;
+    let req = report_request(kbd, ep, &seg);
+    let id = submit_report(bus, &req)?;
     let mut ports = Vec::new();
     if let Some(c) = wait_completion(bus, id, 300, &mut ports) {
         return Err(format!("keyboard transfer completed without a key: {c:?}"));
@@ -282,25 +301,12 @@ fn wait_key<P: Platform>(
     ep: EndpointAddress,
     action: &str,
 ) -> Result<(), String> {
-    let buf = bus.dma().alloc(64, 64).map_err(|e| format!("DMA: {e}"))?;
-    let seg = [DmaSegment {
-        bus_addr: buf.bus_addr(),
-        len: 8,
-    }];
-    let req = TransferRequest {
-        device: kbd,
-        endpoint: ep,
-        setup: None,
-        buffer: &seg,
-        flags: TransferFlags::empty(),
-    };
+    let (buf, seg) = report_buffer(bus)?;
+    let req = report_request(kbd, ep, &seg);
     log::info!(target: "xhci", "{action}: waiting for a key press on the keyboard");
     let mut ports = Vec::new();
     for _ in 0..8 {
-        let id = bus
-            .hc
-            .submit(&req)
-            .map_err(|e| format!("keyboard submit: {e}"))?;
+        let id = submit_report(bus, &req)?;
         let c = wait_completion(bus, id, 20_000, &mut ports)
             .ok_or_else(|| String::from("no keyboard report within 20 s"))?;
         c.result.map_err(|e| format!("keyboard transfer: {e}"))?;
@@ -311,10 +317,7 @@ fn wait_key<P: Platform>(
             log::info!(target: "xhci", "key usage {:#04x} received", rep[2]);
             // Take the release report too (sendkey releases after ~100 ms) so that it does not
             // satisfy a later transfer.
-            let id = bus
-                .hc
-                .submit(&req)
-                .map_err(|e| format!("keyboard submit: {e}"))?;
+            let id = submit_report(bus, &req)?;
             match wait_completion(bus, id, 2_000, &mut ports) {
                 Some(c) => {
                     buf.read_bytes(0, &mut rep);
@@ -339,22 +342,9 @@ fn hotplug_test<P: Platform>(
     ep: EndpointAddress,
 ) -> Result<(), String> {
     let route = bus.registry.get(kbd).ok_or("keyboard gone")?.info.route;
-    let buf = bus.dma().alloc(64, 64).map_err(|e| format!("DMA: {e}"))?;
-    let seg = [DmaSegment {
-        bus_addr: buf.bus_addr(),
-        len: 8,
-    }];
-    let req = TransferRequest {
-        device: kbd,
-        endpoint: ep,
-        setup: None,
-        buffer: &seg,
-        flags: TransferFlags::empty(),
-    };
-    let mut id = bus
-        .hc
-        .submit(&req)
-        .map_err(|e| format!("keyboard submit: {e}"))?;
+    let (_buf, seg) = report_buffer(bus)?;
+    let req = report_request(kbd, ep, &seg);
+    let mut id = submit_report(bus, &req)?;
     log::info!(target: "xhci", "XHCI-ACTION unplug: interrupt transfer outstanding on {route}");
     let mut ports = Vec::new();
     let mut c;
@@ -366,10 +356,7 @@ fn hotplug_test<P: Platform>(
         // A report still queued in the keyboard completes first; keep a transfer outstanding.
         if c.result.is_ok() && reports < 8 {
             reports += 1;
-            id = bus
-                .hc
-                .submit(&req)
-                .map_err(|e| format!("keyboard submit: {e}"))?;
+            id = submit_report(bus, &req)?;
             continue;
         }
         break;
