@@ -58,15 +58,7 @@ pub fn run(cmd: &mut Command) -> Result<(), String> {
 
 /// Run a command and capture its stdout (stderr inherited).
 pub fn output(cmd: &mut Command) -> Result<String, String> {
-    let shown = show_cmd(cmd);
-    let out = cmd
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cannot start `{shown}`: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("`{shown}` failed: {}", out.status));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    output_bytes(cmd).map(|out| String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Run a command and capture its stdout as bytes (stderr inherited).
