@@ -192,6 +192,15 @@ impl<B: DmaBuf> EventRing<B> {
 
     /// The next event, if the controller has written one.
     pub fn pop(&mut self) -> Option<Trb> {
+        // The controller may be writing this TRB while we look (QEMU completes asynchronous
+        // transfers from its I/O thread): read the dword with the cycle bit first and the rest
+        // only once it says the TRB is ours (§4.9.4), else one read of all 16 bytes can pair the
+        // new cycle bit with the previous lap's parameter, and the completion is lost as stray.
+        let control = self.seg.read32(self.deq * TRB_SIZE + 12);
+        if (control & 1 != 0) != self.cycle {
+            return None;
+        }
+        core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
         let mut b = [0u8; 16];
         self.seg.read_bytes(self.deq * TRB_SIZE, &mut b);
         let t = Trb::from_bytes(&b);
