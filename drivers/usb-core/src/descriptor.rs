@@ -88,6 +88,26 @@ fn le16(b: &[u8], off: usize) -> u16 {
     u16::from_le_bytes([b[off], b[off + 1]])
 }
 
+/// wTotalLength (bytes 2–3) of a descriptor set whose `header_len`-byte header has type `ty`
+/// (configuration, BOS); at least the header itself.
+fn total_length(header_bytes: &[u8], ty: u8, header_len: usize) -> Result<u16, DescriptorError> {
+    header(header_bytes, ty, header_len)?;
+    let t = le16(header_bytes, 2);
+    if (t as usize) < header_len {
+        return Err(DescriptorError::BadTotalLength(t));
+    }
+    Ok(t)
+}
+
+/// [`total_length`] of a set that must be complete in `bytes`.
+fn whole_length(bytes: &[u8], ty: u8, header_len: usize) -> Result<usize, DescriptorError> {
+    let total = total_length(bytes, ty, header_len)? as usize;
+    if total > bytes.len() {
+        return Err(DescriptorError::BadTotalLength(total as u16));
+    }
+    Ok(total)
+}
+
 /// Device descriptor (USB 2.0 §9.6.1), 18 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DeviceDescriptor {
@@ -264,20 +284,12 @@ impl Configuration {
 
     /// wTotalLength from the 9-byte header (read first to learn how much to fetch).
     pub fn total_length(header_bytes: &[u8]) -> Result<u16, DescriptorError> {
-        header(header_bytes, dtype::CONFIGURATION, Self::HEADER_LEN)?;
-        let t = le16(header_bytes, 2);
-        if (t as usize) < Self::HEADER_LEN {
-            return Err(DescriptorError::BadTotalLength(t));
-        }
-        Ok(t)
+        total_length(header_bytes, dtype::CONFIGURATION, Self::HEADER_LEN)
     }
 
     /// Parse a whole configuration (exactly wTotalLength bytes; trailing bytes are ignored).
     pub fn parse(bytes: &[u8]) -> Result<Self, DescriptorError> {
-        let total = Self::total_length(bytes)? as usize;
-        if total > bytes.len() {
-            return Err(DescriptorError::BadTotalLength(total as u16));
-        }
+        let total = whole_length(bytes, dtype::CONFIGURATION, Self::HEADER_LEN)?;
         let bytes = &bytes[..total];
         let mut cfg = Configuration {
             num_interfaces: bytes[4],
@@ -439,19 +451,11 @@ impl Bos {
 
     /// wTotalLength from the header.
     pub fn total_length(header_bytes: &[u8]) -> Result<u16, DescriptorError> {
-        header(header_bytes, dtype::BOS, Self::HEADER_LEN)?;
-        let t = le16(header_bytes, 2);
-        if (t as usize) < Self::HEADER_LEN {
-            return Err(DescriptorError::BadTotalLength(t));
-        }
-        Ok(t)
+        total_length(header_bytes, dtype::BOS, Self::HEADER_LEN)
     }
 
     pub fn parse(bytes: &[u8]) -> Result<Self, DescriptorError> {
-        let total = Self::total_length(bytes)? as usize;
-        if total > bytes.len() {
-            return Err(DescriptorError::BadTotalLength(total as u16));
-        }
+        let total = whole_length(bytes, dtype::BOS, Self::HEADER_LEN)?;
         let mut caps = Vec::new();
         let mut off = bytes[0] as usize;
         while off < total {
