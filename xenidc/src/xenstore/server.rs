@@ -230,6 +230,18 @@ type TxnLog<'a> = (
     &'a mut BTreeSet<String>,
 );
 
+/// The names of the children of `path` in `tree`, in name order.
+fn children(tree: &Tree, path: &str) -> Vec<String> {
+    let prefix = child_prefix(path);
+    tree.range(prefix.clone()..)
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .filter_map(|(k, _)| {
+            let rest = &k[prefix.len()..];
+            (!rest.is_empty() && !rest.contains('/')).then(|| String::from(rest))
+        })
+        .collect()
+}
+
 /// Operations on one tree (the main tree or a transaction's snapshot).
 struct Ctx<'a> {
     tree: &'a mut Tree,
@@ -304,15 +316,7 @@ impl Ctx<'_> {
     }
 
     fn children(&self, path: &str) -> Vec<String> {
-        let prefix = child_prefix(path);
-        self.tree
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .filter_map(|(k, _)| {
-                let rest = &k[prefix.len()..];
-                (!rest.is_empty() && !rest.contains('/')).then(|| String::from(rest))
-            })
-            .collect()
+        children(self.tree, path)
     }
 
     fn descendants(&self, path: &str) -> Vec<String> {
@@ -739,15 +743,7 @@ impl Server {
 
     /// The children of a node, in name order.
     pub fn admin_children(&self, path: &str) -> Vec<String> {
-        let prefix = child_prefix(path);
-        self.tree
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .filter_map(|(k, _)| {
-                let rest = &k[prefix.len()..];
-                (!rest.is_empty() && !rest.contains('/')).then(|| String::from(rest))
-            })
-            .collect()
+        children(&self.tree, path)
     }
 
     /// All node paths, in order.
