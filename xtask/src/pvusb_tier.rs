@@ -1,4 +1,4 @@
-//! Xen tier, PVUSB: one more boot in which dom0 itself is the `xen-hcd` frontend of usbdom
+//! Xen tier, PVUSB: one more boot per controller (xHCI, UHCI) in which dom0 itself is the `xen-hcd` frontend of usbdom
 //! (`tests/xen/pvusb-tier.sh` → `tests/xen/pvusb.sh`): the dom0 tool lists the devices, creates a
 //! virtual controller, attaches the stick (whole-device sha256 against the image, O_DIRECT write
 //! and read back) and the keyboard (a HID input device), detaches, removes the controller. The
@@ -27,7 +27,7 @@ pub const CHECKS: &[&str] = &[
 ];
 
 /// The verdict of each expected check from the serial lines.
-pub fn verdicts(lines: &[Line]) -> Vec<(String, Result<(), String>)> {
+pub fn verdicts(lines: &[Line], prefix: &str) -> Vec<(String, Result<(), String>)> {
     let mut seen: Vec<(String, Result<(), String>)> = Vec::new();
     for l in lines {
         let Some(i) = l.text.find("PVUSB-CHECK ") else {
@@ -57,7 +57,7 @@ pub fn verdicts(lines: &[Line]) -> Vec<(String, Result<(), String>)> {
             } else {
                 Ok(())
             };
-            (format!("xen: pvusb: {c}"), v)
+            (format!("{prefix}: {c}"), v)
         })
         .collect()
 }
@@ -74,43 +74,52 @@ pub fn measures(lines: &[Line]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Boot once more with the PVUSB scenario and judge it.
-pub fn tier(r: &mut Report, art: &Artifacts, guest: &std::path::Path, vars: Vec<(String, String)>) {
+/// Boot once more with the PVUSB scenario over `controller` (a QEMU device of
+/// [`xen::CONTROLLERS`]) and judge it; check names start with `xen: <name>:`.
+pub fn tier(
+    controller: &str,
+    name: &str,
+    r: &mut Report,
+    art: &Artifacts,
+    guest: &std::path::Path,
+    vars: Vec<(String, String)>,
+) {
     let b = Boot {
         art,
         guest,
         test: "pvusb-tier",
         dom0_vars: vars,
-        controller: "qemu-xhci",
+        controller,
         devices: vec![],
         extra_files: vec![],
         dir: util::target().join("xen-tier"),
-        name: "pvusb",
+        name,
         monitor: None,
         actions: vec![],
         timeout: Duration::from_secs(600),
         echo: true,
     };
+    let prefix = format!("xen: {name}");
     let res = match xen::boot(&b) {
         Ok(x) => x,
-        Err(e) => return r.fail("xen: pvusb: boot", e),
+        Err(e) => return r.fail(&format!("{prefix}: boot"), e),
     };
     let before = r.counts().1;
-    for (name, v) in verdicts(&res.out.lines) {
+    for (check, v) in verdicts(&res.out.lines, &prefix) {
         match v {
-            Ok(()) => r.pass(&name),
-            Err(e) => r.fail(&name, e),
+            Ok(()) => r.pass(&check),
+            Err(e) => r.fail(&check, e),
         }
     }
     r.check(
-        "xen: pvusb: usbdom gone after xl shutdown",
+        &format!("{prefix}: usbdom gone after xl shutdown"),
         res.out
             .find(&format!("XT: domain {} gone after shutdown", xen::DOMAIN))
             .is_some(),
         "usbdom did not go away after `xl shutdown`",
     );
     for (k, v) in measures(&res.out.lines) {
-        println!("xen: pvusb: {k} = {v}");
+        println!("{prefix}: {k} = {v}");
     }
     if r.counts().1 > before {
         xen::diagnostics(&b, &res);
@@ -137,12 +146,14 @@ mod tests {
             .map(|c| format!("PVUSB-CHECK PASS {c}"))
             .collect();
         let all: Vec<&str> = lines.iter().map(String::as_str).collect();
-        assert!(verdicts(&l(&all)).iter().all(|(_, v)| v.is_ok()));
+        assert!(verdicts(&l(&all), "xen: pvusb")
+            .iter()
+            .all(|(_, v)| v.is_ok()));
 
         // One missing: that one fails, the others pass.
         lines.remove(3);
         let some: Vec<&str> = lines.iter().map(String::as_str).collect();
-        let v = verdicts(&l(&some));
+        let v = verdicts(&l(&some), "xen: pvusb");
         assert_eq!(v.len(), CHECKS.len());
         assert_eq!(v.iter().filter(|(_, v)| v.is_err()).count(), 1);
         assert!(v[3].1.as_ref().unwrap_err().contains("not reached"));
@@ -150,10 +161,13 @@ mod tests {
 
     #[test]
     fn a_fail_line_wins_and_keeps_its_reason() {
-        let v = verdicts(&l(&[
-            "PVUSB-CHECK PASS sha256",
-            "[  12.0] PVUSB-CHECK FAIL sha256: sha256 abc != image def",
-        ]));
+        let v = verdicts(
+            &l(&[
+                "PVUSB-CHECK PASS sha256",
+                "[  12.0] PVUSB-CHECK FAIL sha256: sha256 abc != image def",
+            ]),
+            "xen: pvusb",
+        );
         let (name, r) = v.iter().find(|(n, _)| n.ends_with("sha256")).unwrap();
         assert_eq!(name, "xen: pvusb: sha256");
         assert_eq!(r.as_ref().unwrap_err(), "sha256 abc != image def");

@@ -681,8 +681,9 @@ pub fn tier(r: &mut Report) {
         Err(e) => return r.fail("xen: boot", e),
     };
     judge(r, &b, &res);
-    // PVUSB end to end (dom0 as the frontend), in a boot of its own.
-    crate::pvusb_tier::tier(r, &art, &guest, pvusb_vars);
+    // PVUSB end to end (dom0 as the frontend), in boots of their own: xHCI, then UHCI.
+    crate::pvusb_tier::tier("qemu-xhci", "pvusb", r, &art, &guest, pvusb_vars.clone());
+    crate::pvusb_tier::tier("piix3-usb-uhci", "pvusb-uhci", r, &art, &guest, pvusb_vars);
 }
 
 /// The Xen-tier checks of a finished boot.
