@@ -26,8 +26,9 @@
 //! goes to InitWait. It connects when the frontend is Initialised *or* Connected (xen-hcd goes
 //! straight to Connected): maps `urb-ring-ref` and `conn-ring-ref`, binds `event-channel`, goes
 //! to Connected and announces the devices assigned to its ports. Frontend Closing/Closed
-//! disconnects it: transfers in flight are cancelled and every mapping released once the
-//! controller reported them; the backend goes Closed and, when the frontend comes back to
+//! disconnects it: every request still open is answered (`SHUTDOWN`) before the rings are
+//! unmapped, waiting ones at once and those in the controller when it reported their cancel,
+//! which is also when their data mappings go; the backend goes Closed and, when the frontend comes back to
 //! Initialising, InitWait again. A frontend directory that vanished (domain death) also ends in
 //! Closed, and the backend removes its own directory (no toolstack does it for a controller the
 //! usbdom tool created). A toolstack close (`online` = 0, backend `state` = Closing) ends in
@@ -726,7 +727,8 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         Ok(())
     }
 
-    /// Drop the connection of `key` (if any). Transfers in flight are cancelled; the link is
+    /// Drop the connection of `key` (if any). Every open request is answered (`SHUTDOWN`):
+    /// waiting ones now, transfers in the controller once it reported their cancel; the link is
     /// torn down now or, if the controller still has transfers of it, once it reported them.
     fn disconnect<C: HostController>(&mut self, hc: &mut C, key: Key) {
         let Some(v) = self.vusbs.get_mut(&key) else {
@@ -741,7 +743,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         }
         self.stats.disconnects += 1;
         add(&mut self.stats.links, &link.stats);
-        let outstanding = link.abort(hc);
+        let outstanding = link.abort(&mut self.hv, hc);
         log::info!(
             "pvusb: vusb {}/{}: disconnected ({outstanding} transfers to drain)",
             key.0,

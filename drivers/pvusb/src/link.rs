@@ -774,11 +774,23 @@ impl<H: Hypervisor> Link<H> {
         ports[port as usize - 1].reset_guest_state();
     }
 
-    /// Stop: cancel every submitted transfer and drop waiting ones (the frontend is going away).
-    /// Returns the number of transfers the controller still has to report.
-    pub fn abort<C: HostController>(&mut self, hc: &mut C) -> usize {
-        self.inflight
-            .retain(|_, i| matches!(i.stage, Stage::Submitted(..)));
+    /// Stop (the frontend or the toolstack closes the controller). Every request is answered
+    /// exactly once before the rings go: waiting ones now, with `SHUTDOWN`; submitted ones are
+    /// cancelled and answered when the controller reports them ([`Link::complete_aborted`]), since
+    /// their data buffers stay mapped until the controller let go of them. Returns the number of
+    /// transfers the controller still has to report.
+    pub fn abort<C: HostController>(&mut self, hv: &mut H, hc: &mut C) -> usize {
+        let waiting: Vec<u16> = self
+            .inflight
+            .iter()
+            .filter(|(_, i)| matches!(i.stage, Stage::Waiting))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            self.inflight.remove(&id);
+            self.stats.completed += 1;
+            self.respond(hv, id, UsbifStatus::SHUTDOWN, 0, None);
+        }
         self.queues.clear();
         self.conn_events.clear();
         for i in self.inflight.values() {
@@ -786,11 +798,25 @@ impl<H: Hypervisor> Link<H> {
                 let _ = hc.cancel(*tid);
             }
         }
+        self.flush_quietly(hv);
         self.inflight.len()
     }
 
+    /// Publish responses of a link being torn down: a frontend that is gone or broke its ring
+    /// cannot be answered, and that is no reason to keep anything.
+    fn flush_quietly(&mut self, hv: &mut H) {
+        if let Err(e) = self.flush(hv) {
+            log::debug!(
+                "frontend {}: final responses not sent: {:?}",
+                self.peer.0,
+                e.0
+            );
+        }
+    }
+
     /// After [`Link::abort`]: a completion of a transfer of a link being torn down. Its buffer is
-    /// released; nobody is answered. Returns the transfers still outstanding.
+    /// released, then its request answered with `SHUTDOWN` (whatever the controller reported: the
+    /// frontend is going away). Returns the transfers still outstanding.
     pub fn complete_aborted(&mut self, hv: &mut H, c: &Completion) -> usize {
         let id = self.inflight.iter().find_map(|(id, i)| match &i.stage {
             Stage::Submitted(tid, _) if *tid == c.id => Some(*id),
@@ -802,7 +828,9 @@ impl<H: Hypervisor> Link<H> {
                 ..
             }) = self.inflight.remove(&id)
             {
-                let _ = self.urb.mapper().release(hv, *buf);
+                self.stats.completed += 1;
+                self.respond(hv, id, UsbifStatus::SHUTDOWN, 0, Some(*buf));
+                self.flush_quietly(hv);
             }
         }
         self.inflight.len()

@@ -1180,3 +1180,79 @@ fn garbage_frontend_state_closes_that_frontend() {
     assert_eq!(w.be_stats().foreign_maps, 0);
     assert!(w.read(&World::be_path(FE, 0)).is_some(), "directory kept");
 }
+
+/// In flight on an attached port when the controller closes: a bulk transfer and a control
+/// transfer in the controller, a second control transfer waiting behind the first.
+fn transfers_in_flight(w: &mut World, f: &mut Frontend) {
+    enumerate(w, f, 1, 5);
+    let (_, g) = f.page(false);
+    w.hc.hold = true;
+    f.send(&request(
+        50,
+        bulk_pipe(1, 5, 1, true),
+        [0; 8],
+        &[(g, 0, 512)],
+    ));
+    let get_dev = [0x80, 6, 0, 1, 0, 0, 18, 0];
+    f.send(&request(
+        51,
+        ctrl_pipe(1, 5, true),
+        get_dev,
+        &[(g, 1024, 18)],
+    ));
+    f.send(&request(
+        52,
+        ctrl_pipe(1, 5, true),
+        get_dev,
+        &[(g, 2048, 18)],
+    ));
+    w.run(&mut [&mut *f]);
+    assert!(
+        f.responses.is_empty(),
+        "all three pending: {:?}",
+        f.responses
+    );
+    assert_eq!(w.hc.queued(), 2, "bulk and first control in the controller");
+}
+
+/// Every one of the transfers of [`transfers_in_flight`] was answered exactly once, with an error,
+/// and nothing of the link is left.
+fn all_answered_with_an_error(w: &mut World, f: &mut Frontend) {
+    for id in [50, 51, 52] {
+        let s = status(f, id);
+        assert_ne!(s, S::OK, "request {id} answered with an error");
+    }
+    assert!(f.responses.is_empty(), "nothing else: {:?}", f.responses);
+    assert_eq!(w.be_state(FE, 0), Some(6));
+    assert_eq!(w.hc.queued(), 0, "transfers cancelled in the controller");
+    assert_eq!(w.be.draining(), 0);
+    let st = w.be_stats();
+    assert_eq!(st.foreign_maps, 0, "every grant unmapped");
+    assert_eq!(st.ports_open, 0, "event channel closed");
+}
+
+#[test]
+fn toolstack_close_answers_every_request_in_flight_before_disconnecting() {
+    let (mut w, mut f) = connected(true, Speed::High);
+    transfers_in_flight(&mut w, &mut f);
+    // libxl's removal without detaching the port first: online=0, backend state Closing.
+    let be = World::be_path(FE, 0);
+    f.passive = true;
+    w.server
+        .borrow_mut()
+        .admin_write(&format!("{be}/online"), b"0", &[]);
+    w.server
+        .borrow_mut()
+        .admin_write(&format!("{be}/state"), b"5", &[]);
+    w.run(&mut [&mut f]);
+    all_answered_with_an_error(&mut w, &mut f);
+}
+
+#[test]
+fn frontend_closing_answers_every_request_in_flight() {
+    let (mut w, mut f) = connected(false, Speed::High);
+    transfers_in_flight(&mut w, &mut f);
+    f.set_state(5);
+    w.run(&mut [&mut f]);
+    all_answered_with_an_error(&mut w, &mut f);
+}
