@@ -21,6 +21,8 @@ use crate::util;
 // Declared here rather than in main.rs (another engineer's file): xtask/src/bench_qemu.rs.
 #[path = "bench_qemu.rs"]
 pub mod bench_qemu;
+#[path = "bench_xen.rs"]
+pub mod bench_xen;
 
 const N_SMALL: u64 = 1_000;
 const N_LARGE: u64 = 6_000;
@@ -190,13 +192,16 @@ fn ns_per_request(bin: &Path, variant: &str) -> Result<f64, String> {
 }
 
 pub fn cmd_bench(r: &mut Report) {
-    // `USBDOM_BENCH=micro` or `=qemu` runs only that half.
+    // `USBDOM_BENCH=micro`, `=qemu` or `=xen` runs only that part.
     let only = std::env::var("USBDOM_BENCH").unwrap_or_default();
-    if only != "qemu" {
+    if only.is_empty() || only == "micro" {
         micro(r);
     }
-    if only != "micro" {
+    if only.is_empty() || only == "qemu" {
         bench_qemu::run(r);
+    }
+    if only.is_empty() || only == "xen" {
+        bench_xen::run(r);
     }
 }
 

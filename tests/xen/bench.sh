@@ -1,0 +1,118 @@
+#!/bin/sh
+# Xen-tier benchmark (`cargo xtask bench`, xtask/src/bench_xen.rs), one boot, same QEMU devices:
+#   1. "direct": dom0 owns the xHCI itself (xhci-hcd/xhci-pci from /bench/, shipped by the host),
+#      reads the stick;
+#   2. the controller goes to xen-pciback, usbdom is created with it passed through (lib.sh
+#      xt_up), dom0 becomes the xen-hcd frontend ("usbdom"), reads the stick again.
+# Per mode: sequential read of the whole stick (dd bs=1M iflag=direct, timed by /proc/uptime)
+# and QD1 4 KiB random-read latency (/bench/qd1: O_DIRECT pread, same offsets in both modes).
+# Output lines the host reads: "BENCH-MEASURE <name> <value>", "BENCH-FAIL <step>: <why>".
+. /tests/lib.sh
+FE=0
+fails=0
+M() { echo "BENCH-MEASURE $1 $2"; }
+bfail() { echo "BENCH-FAIL $1: $2"; fails=$((fails + 1)); }
+wait_for() {
+  local n=$(($1 * 2))
+  shift
+  while [ $n -gt 0 ]; do
+    "$@" && return 0
+    sleep 0.5
+    n=$((n - 1))
+  done
+  return 1
+}
+sd_disks() { ls /sys/block 2>/dev/null | grep '^sd' | sort; }
+DISK=""
+new_disk() {
+  DISK=$(sd_disks | head -1)
+  [ -n "$DISK" ] && [ -b /dev/$DISK ] && [ "$(cat /sys/block/$DISK/size)" != 0 ]
+}
+no_disk() { [ -z "$(sd_disks)" ]; }
+secs_since() { awk -v a="$1" -v b="$(uptime_s)" 'BEGIN{printf "%.2f", b-a}'; }
+
+# measure MODE: seq MiB/s (2 whole-device passes) and QD1 4 KiB latency of /dev/$DISK.
+measure() {
+  local mode=$1 bytes t0 secs out
+  bytes=$(($(cat /sys/block/$DISK/size) * 512))
+  t0=$(uptime_s)
+  if timeout 120 dd if=/dev/$DISK of=/dev/null bs=1M iflag=direct 2>/tmp/seq.err &&
+     timeout 120 dd if=/dev/$DISK of=/dev/null bs=1M iflag=direct 2>>/tmp/seq.err; then
+    secs=$(secs_since $t0)
+    xt "$mode: read 2 x $bytes bytes in ${secs}s"
+    M $mode-seq-mib-s "$(awk -v b=$bytes -v s=$secs 'BEGIN { if (s > 0) printf "%.3f", 2 * b / 1048576 / s; else print "inf" }')"
+  else
+    bfail $mode-seq "dd failed: $(tr '\n' ' ' < /tmp/seq.err)"
+  fi
+  out=$(timeout 120 /bench/qd1 /dev/$DISK 200 42 2>&1)
+  if [ $? = 0 ]; then
+    xt "$mode: qd1 $out"
+    for kv in $out; do
+      case $kv in *_us=*) M "$mode-lat-${kv%%_us=*}-us" "${kv#*=}";; esac
+    done
+  else
+    bfail $mode-lat "qd1: $out"
+  fi
+}
+
+for m in usbcore usb-storage sd_mod; do timeout 30 modprobe $m || xt "modprobe $m failed"; done
+
+# 1. Direct: dom0's own xhci driver.
+if timeout 30 insmod /bench/xhci-hcd.ko && timeout 30 insmod /bench/xhci-pci.ko; then
+  if wait_for 60 new_disk; then
+    xt "direct: /dev/$DISK ($(cat /sys/block/$DISK/size) sectors)"
+    measure direct
+  else
+    bfail direct-disk "no /dev/sdX within 60 s of loading xhci-pci"
+    dmesg | tail -15 | sed 's/^/XT:   dmesg: /'
+  fi
+else
+  bfail direct-modules "insmod xhci-hcd/xhci-pci failed"
+fi
+# Give the controller back: unload dom0's driver, wait for the disk to go.
+timeout 30 rmmod xhci_pci || xt "rmmod xhci_pci failed"
+timeout 30 rmmod xhci_hcd || xt "rmmod xhci_hcd failed"
+wait_for 20 no_disk || bfail direct-release "a /dev/sd* is still there after rmmod xhci_pci"
+
+# 2. Through usbdom (its create and ready times are read by the host from the serial stamps).
+xt_up; rc=$?
+if [ $rc = 0 ]; then
+  M usbdom-domid "$(xlt domid "$XT_NAME")"
+  timeout 30 modprobe xen-hcd || bfail modprobe-xen-hcd "modprobe xen-hcd failed"
+  STICK=""
+  find_stick() {
+    STICK=$(timeout 10 usbdom list 2>/dev/null | awk '$2 == "46f4:0001" { print $1; exit }')
+    [ -n "$STICK" ]
+  }
+  wait_for 30 find_stick || bfail list "usbdom list shows no stick"
+  t0=$(uptime_s)
+  out=$(timeout 30 usbdom create-controller $FE --ports 1 --version 2 --wait 2>&1)
+  crc=$?
+  if [ $crc = 0 ]; then
+    M create-controller-to-connected-s "$(secs_since $t0)"
+    be=$(xenstore-read /local/domain/$FE/device/vusb/0/backend 2>/dev/null)
+    xt "backend $be state $(xenstore-read $be/state 2>/dev/null)"
+  else
+    bfail create-controller "rc=$crc: $out"
+  fi
+  if [ -n "$STICK" ] && [ $crc = 0 ]; then
+    t0=$(uptime_s)
+    if timeout 30 usbdom attach $FE 1 "$STICK" --wait >/tmp/attach.out 2>&1 && wait_for 60 new_disk; then
+      M attach-to-disk-s "$(secs_since $t0)"
+      xt "usbdom: /dev/$DISK ($(cat /sys/block/$DISK/size) sectors)"
+      measure usbdom
+    else
+      bfail usbdom-disk "attach or /dev/sdX failed: $(cat /tmp/attach.out)"
+    fi
+    timeout 30 usbdom detach $FE 1 >/dev/null 2>&1 || xt "detach failed"
+    wait_for 20 no_disk || xt "disk still present after detach"
+  fi
+  [ $crc = 0 ] && { timeout 30 usbdom remove-controller $FE >/dev/null 2>&1 || xt "remove-controller failed"; }
+  for m in usb-storage xen-hcd; do timeout 20 modprobe -r $m || xt "modprobe -r $m failed"; done
+else
+  bfail usbdom-up "usbdom did not come up (xt_up rc=$rc)"
+fi
+if [ $rc = 2 ]; then xt_unfollow; xt_dump "$XT_NAME"; exit 2; fi
+xt_down || xt "usbdom shutdown was not clean"
+xt "bench done: $fails failed"
+exit $fails

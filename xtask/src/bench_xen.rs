@@ -1,0 +1,329 @@
+//! `cargo xtask bench`, Xen part (`USBDOM_BENCH=xen` runs only this): PVUSB through usbdom against
+//! the same dom0 Linux owning the controller directly, side by side in ONE Xen boot under QEMU TCG
+//! (`-smp 1`, the Xen tier's QEMU flags and devices: `qemu-xhci` + a 16 MiB `usb-storage` stick).
+//!
+//! dom0 runs `tests/xen/bench.sh`: first "direct" (dom0 loads `xhci-hcd`/`xhci-pci`, shipped in
+//! the run's initramfs from the host's module tree of the dom0 kernel), then it unloads them,
+//! hands the controller to usbdom (`xl pci=`), becomes its `xen-hcd` frontend ("usbdom") and
+//! measures again. Per mode: sequential read of the whole stick (`dd bs=1M iflag=direct`, two
+//! passes) and QD1 4 KiB random-read latency (`qd1` below, a static C program: 200 O_DIRECT
+//! `pread`s at the same pseudo-random offsets in both modes, timed with CLOCK_MONOTONIC).
+//! Also: `xl create` → usbdom ready (host serial stamps; the `U|` copy of the console is polled
+//! every 0.3 s, so ±0.3 s), `usbdom create-controller --wait` → backend Connected (dom0 uptime,
+//! 10 ms resolution), the stripped image size and the `memory=` usbdom ran in.
+//! Ratios are reported, never asserted.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::qemu::Line;
+use crate::report::Report;
+use crate::util;
+use crate::xen::{self, Boot};
+
+/// QD1 latency tool run in dom0 (`/bench/qd1 DEV N SEED`): prints
+/// `n=.. mean_us=.. median_us=.. p90_us=.. min_us=.. max_us=..`.
+const QD1_C: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <linux/fs.h>
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1e6 + t.tv_nsec / 1e3; }
+static int cmp(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return (x > y) - (x < y); }
+int main(int argc, char **argv) {
+  if (argc < 3) { fprintf(stderr, "usage: qd1 DEV N [SEED]\n"); return 2; }
+  int n = atoi(argv[2]); unsigned seed = argc > 3 ? (unsigned)atoi(argv[3]) : 1;
+  int fd = open(argv[1], O_RDONLY | O_DIRECT);
+  if (fd < 0) { perror("open"); return 1; }
+  unsigned long long size = 0;
+  if (ioctl(fd, BLKGETSIZE64, &size) != 0) size = (unsigned long long)lseek(fd, 0, SEEK_END);
+  if (size < 4096) { fprintf(stderr, "size %llu\n", size); return 1; }
+  void *buf; if (posix_memalign(&buf, 4096, 4096)) return 1;
+  double *lat = calloc(n, sizeof *lat); if (!lat || n < 1) return 1;
+  unsigned long long blocks = size / 4096, x = seed * 2654435761ull + 1;
+  double sum = 0;
+  for (int i = 0; i < n; i++) {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    off_t off = (off_t)((x >> 33) % blocks) * 4096;
+    double t0 = now();
+    if (pread(fd, buf, 4096, off) != 4096) { perror("pread"); return 1; }
+    lat[i] = now() - t0; sum += lat[i];
+  }
+  qsort(lat, n, sizeof *lat, cmp);
+  printf("n=%d mean_us=%.1f median_us=%.1f p90_us=%.1f min_us=%.1f max_us=%.1f\n", n, sum / n, lat[n / 2], lat[n * 9 / 10], lat[0], lat[n - 1]);
+  return 0;
+}
+"#;
+
+/// What the dom0 script reported: `BENCH-MEASURE <name> <value>` and `BENCH-FAIL <step>: <why>`.
+#[derive(Debug, Default, PartialEq)]
+pub struct Outcome {
+    pub measures: Vec<(String, f64)>,
+    pub fails: Vec<String>,
+    /// `memory=` of the last `xl create usbdom` (a failed create at 8 is retried at 16).
+    pub memory: Option<u32>,
+}
+
+impl Outcome {
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.measures
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+    }
+}
+
+pub fn parse(lines: &[Line]) -> Outcome {
+    let mut o = Outcome::default();
+    for l in lines {
+        let t = &l.text;
+        if let Some(i) = t.find("BENCH-MEASURE ") {
+            let mut w = t[i + "BENCH-MEASURE ".len()..].split_whitespace();
+            if let (Some(n), Some(Ok(v))) = (w.next(), w.next().map(str::parse::<f64>)) {
+                o.measures.push((n.to_string(), v));
+            }
+        } else if let Some(i) = t.find("BENCH-FAIL ") {
+            o.fails
+                .push(t[i + "BENCH-FAIL ".len()..].trim().to_string());
+        } else if let Some(i) = t.find(&format!("XT: xl create {} start (memory=", xen::DOMAIN)) {
+            let rest = &t[i..];
+            let v = rest.split("memory=").nth(1).unwrap_or("");
+            o.memory = v.trim_end_matches(')').trim().parse().ok().or(o.memory);
+        }
+    }
+    o
+}
+
+/// The side-by-side table: (row label, direct, usbdom, ratio usbdom/direct).
+pub fn table(o: &Outcome) -> Vec<(String, Option<f64>, Option<f64>, Option<f64>)> {
+    let rows = [
+        ("sequential read MiB/s", "seq-mib-s"),
+        ("QD1 4 KiB mean us", "lat-mean-us"),
+        ("QD1 4 KiB median us", "lat-median-us"),
+        ("QD1 4 KiB p90 us", "lat-p90-us"),
+    ];
+    rows.iter()
+        .map(|(label, key)| {
+            let d = o.get(&format!("direct-{key}"));
+            let u = o.get(&format!("usbdom-{key}"));
+            let ratio = match (d, u) {
+                (Some(d), Some(u)) if d > 0.0 => Some(u / d),
+                _ => None,
+            };
+            (label.to_string(), d, u, ratio)
+        })
+        .collect()
+}
+
+fn fmt(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into())
+}
+
+/// The dom0 kernel's `xhci-hcd.ko` and `xhci-pci.ko` (its release from `xen-hcd.ko`'s vermagic).
+fn xhci_modules(art: &xen::Artifacts) -> Result<Vec<(String, PathBuf)>, String> {
+    let vermagic = util::output(
+        Command::new("modinfo")
+            .args(["-F", "vermagic"])
+            .arg(&art.xen_hcd),
+    )?;
+    let kver = vermagic
+        .split_whitespace()
+        .next()
+        .ok_or("xen-hcd.ko has no vermagic")?
+        .to_string();
+    let deps =
+        util::output(Command::new("modprobe").args(["--show-depends", "-S", &kver, "xhci-pci"]))?;
+    let mut out = Vec::new();
+    for l in deps.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if w.first() == Some(&"insmod") && w.len() >= 2 {
+            let p = PathBuf::from(w[1]);
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            if name == "xhci-hcd.ko" || name == "xhci-pci.ko" {
+                out.push((format!("bench/{name}"), p));
+            }
+        }
+    }
+    if out.len() != 2 {
+        return Err(format!(
+            "xhci-hcd.ko/xhci-pci.ko not found for {kver} (built in, or compressed modules?): {deps}"
+        ));
+    }
+    Ok(out)
+}
+
+/// `qd1` built static for dom0.
+fn build_qd1(dir: &std::path::Path) -> Result<PathBuf, String> {
+    fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let src = dir.join("qd1.c");
+    let bin = dir.join("qd1");
+    fs::write(&src, QD1_C).map_err(|e| e.to_string())?;
+    util::run(
+        Command::new("gcc-12")
+            .args(["-O2", "-static", "-Wall", "-o"])
+            .arg(&bin)
+            .arg(&src),
+    )?;
+    Ok(bin)
+}
+
+pub fn run(r: &mut Report) {
+    println!("==== bench: Xen tier PVUSB (usbdom vs dom0 owning the xHCI directly; TCG -smp 1, one boot) ====");
+    let name = "bench: xen pvusb usbdom vs direct";
+    let art = match xen::prepare() {
+        Ok(Ok(a)) => a,
+        Ok(Err(why)) => return r.skip(name, why),
+        Err(e) => return r.fail(name, format!("prerequisites: {e}")),
+    };
+    let k = match crate::build::kernel() {
+        Ok(k) => k,
+        Err(e) => return r.fail(name, format!("kernel build: {e}")),
+    };
+    let dir = util::target().join("xen-bench");
+    let mut extra = match xhci_modules(&art) {
+        Ok(m) => m,
+        Err(e) => return r.fail(name, e),
+    };
+    match build_qd1(&dir) {
+        Ok(b) => extra.push(("bench/qd1".to_string(), b)),
+        Err(e) => return r.fail(name, format!("qd1: {e}")),
+    }
+    let b = Boot {
+        art: &art,
+        guest: &k.stripped,
+        test: "bench",
+        dom0_vars: vec![],
+        controller: "qemu-xhci",
+        devices: vec![],
+        extra_files: extra,
+        dir,
+        name: "bench",
+        monitor: None,
+        actions: vec![],
+        timeout: Duration::from_secs(360),
+        echo: std::env::var_os("USBDOM_BENCH_ECHO").is_some(),
+    };
+    let res = match xen::boot(&b) {
+        Ok(x) => x,
+        Err(e) => return r.fail(name, format!("boot: {e}")),
+    };
+    let o = parse(&res.out.lines);
+    println!(
+        "bench xen: {} (log {}/bench.log, load {})",
+        res.timings(),
+        b.dir.display(),
+        crate::bench::bench_qemu::load()
+    );
+    println!(
+        "  {:24} {:>10} {:>10} {:>16}",
+        "", "direct", "usbdom", "usbdom/direct"
+    );
+    let rows = table(&o);
+    for (label, d, u, ratio) in &rows {
+        println!(
+            "  {label:24} {:>10} {:>10} {:>16}",
+            fmt(*d),
+            fmt(*u),
+            fmt(*ratio)
+        );
+    }
+    let create_ready = match (res.create_start(), res.ready()) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let cc = o.get("create-controller-to-connected-s");
+    println!(
+        "  xl create -> usbdom ready (s, serial stamps)      {}",
+        fmt(create_ready)
+    );
+    println!(
+        "  create-controller -> backend Connected (s)        {}",
+        fmt(cc)
+    );
+    println!(
+        "  sum: xl create -> Connected, dom0 gaps excluded  {}",
+        fmt(create_ready.zip(cc).map(|(a, b)| a + b))
+    );
+    println!(
+        "  attach -> frontend /dev/sdX (s)                   {}",
+        fmt(o.get("attach-to-disk-s"))
+    );
+    println!(
+        "  usbdom stripped image {} bytes ({:.1} KiB), memory={} MiB",
+        k.stripped_size,
+        k.stripped_size as f64 / 1024.0,
+        o.memory
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| "?".into())
+    );
+    let complete = rows.iter().all(|(_, d, u, _)| d.is_some() && u.is_some());
+    if !o.fails.is_empty() || !complete {
+        let why = if o.fails.is_empty() {
+            "measurements missing (see the log)".to_string()
+        } else {
+            o.fails.join("; ")
+        };
+        println!("---- bench log tail ----\n{}", res.out.tail(40));
+        r.fail(name, why);
+    } else {
+        r.pass(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(t: &[&str]) -> Vec<Line> {
+        t.iter()
+            .map(|s| Line {
+                t: 0.0,
+                text: s.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parses_measures_fails_and_memory() {
+        let o = parse(&l(&[
+            "[  1.0] XT: xl create usbdom start (memory=8)",
+            "XT: xl create usbdom start (memory=16)",
+            "BENCH-MEASURE direct-seq-mib-s 8.000",
+            "BENCH-MEASURE usbdom-seq-mib-s 4.000",
+            "BENCH-MEASURE junk",
+            "BENCH-MEASURE nan-ish abc",
+            "BENCH-FAIL usbdom-lat: qd1: pread: I/O error",
+        ]));
+        assert_eq!(o.memory, Some(16));
+        assert_eq!(o.get("direct-seq-mib-s"), Some(8.0));
+        assert_eq!(o.get("junk"), None);
+        assert_eq!(o.get("nan-ish"), None);
+        assert_eq!(o.fails, vec!["usbdom-lat: qd1: pread: I/O error"]);
+    }
+
+    #[test]
+    fn table_ratios_are_usbdom_over_direct() {
+        let o = parse(&l(&[
+            "BENCH-MEASURE direct-seq-mib-s 8",
+            "BENCH-MEASURE usbdom-seq-mib-s 6",
+            "BENCH-MEASURE direct-lat-mean-us 1000",
+            "BENCH-MEASURE usbdom-lat-mean-us 2500",
+        ]));
+        let t = table(&o);
+        assert_eq!(t[0].3, Some(0.75));
+        assert_eq!(t[1].3, Some(2.5));
+        // A mode that produced nothing gives no ratio.
+        assert_eq!(t[2], ("QD1 4 KiB median us".to_string(), None, None, None));
+    }
+}
