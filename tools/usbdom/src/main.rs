@@ -21,7 +21,7 @@ mod transport;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use tool::{Tool, ToolError};
+use tool::{Tool, ToolError, Wait};
 use transport::XsStream;
 use xenidc::xenstore::Client;
 
@@ -34,6 +34,72 @@ const USAGE: &str = "usage:
   usbdom status [--backend DOM]
 options: --wait (create-controller, attach: wait up to 10 s until usbdom took it up)
          --xenstore PATH (default: /dev/xen/xenbus, then the xenstored socket)";
+
+/// How long one xenstore request waits for its reply, and one polling loop (`--wait`,
+/// `remove-controller`) for its condition. Each wait has a budget of its own.
+pub const WAIT_BUDGET: Duration = Duration::from_secs(10);
+/// Pause between polls of a xenstore reply.
+const REPLY_TICK: Duration = Duration::from_millis(1);
+/// Pause between polls of a condition.
+const POLL_TICK: Duration = Duration::from_millis(100);
+
+/// Time as a [`Deadline`] sees it.
+pub trait Clock {
+    /// Time since some fixed origin.
+    fn now(&self) -> Duration;
+    fn sleep(&mut self, d: Duration);
+}
+
+/// The real clock.
+pub struct SystemClock(Instant);
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+    fn sleep(&mut self, d: Duration) {
+        std::thread::sleep(d);
+    }
+}
+
+/// A wait policy whose budget restarts with every wait ([`Wait::begin`]): sleep `tick` between
+/// polls, give up once `budget` has passed since the wait began.
+pub struct Deadline<K: Clock> {
+    pub clock: K,
+    pub budget: Duration,
+    pub tick: Duration,
+    until: Duration,
+}
+
+impl<K: Clock> Deadline<K> {
+    pub fn new(clock: K, budget: Duration, tick: Duration) -> Self {
+        let until = clock.now() + budget;
+        Deadline {
+            clock,
+            budget,
+            tick,
+            until,
+        }
+    }
+}
+
+impl<K: Clock> Wait for Deadline<K> {
+    fn begin(&mut self) {
+        self.until = self.clock.now() + self.budget;
+    }
+    fn more(&mut self) -> bool {
+        self.clock.sleep(self.tick);
+        self.clock.now() < self.until
+    }
+}
+
+/// The tool's wait policies on `clock`: (reply wait, polling pause), [`WAIT_BUDGET`] each.
+pub fn policies<K: Clock>(clock: impl Fn() -> K) -> (Deadline<K>, Deadline<K>) {
+    (
+        Deadline::new(clock(), WAIT_BUDGET, REPLY_TICK),
+        Deadline::new(clock(), WAIT_BUDGET, POLL_TICK),
+    )
+}
 
 /// Parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,16 +240,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let wait = Box::new(move || {
-        std::thread::sleep(Duration::from_millis(1));
-        Instant::now() < deadline
-    });
-    let pause_deadline = Instant::now() + Duration::from_secs(10);
-    let pause = Box::new(move || {
-        std::thread::sleep(Duration::from_millis(100));
-        Instant::now() < pause_deadline
-    });
+    let start = Instant::now();
+    let (wait, pause) = policies(|| SystemClock(start));
     let mut t = Tool::new(Client::new(stream), wait, pause);
     match run(&mut t, &args) {
         Ok(out) => {

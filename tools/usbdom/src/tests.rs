@@ -339,3 +339,81 @@ fn remove_controller_like_libxl() {
         }
     );
 }
+
+/// Time that passes only when the tool sleeps.
+#[derive(Clone)]
+struct FakeClock(Rc<std::cell::Cell<Duration>>);
+
+impl Clock for FakeClock {
+    fn now(&self) -> Duration {
+        self.0.get()
+    }
+    fn sleep(&mut self, d: Duration) {
+        self.0.set(self.0.get() + d);
+    }
+}
+
+/// A xenstore whose reply is never there at the first look after a request: every request waits
+/// at least once.
+/// `mute` makes it answer nothing at all.
+struct Slow {
+    inner: SimTransport,
+    skip: bool,
+    mute: Rc<std::cell::Cell<bool>>,
+}
+
+impl xenidc::xenstore::Transport for Slow {
+    fn send(&mut self, bytes: &[u8]) -> Result<usize, xenidc::xenstore::TransportError> {
+        self.skip = true;
+        self.inner.send(bytes)
+    }
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize, xenidc::xenstore::TransportError> {
+        if std::mem::take(&mut self.skip) || self.mute.get() {
+            return Ok(0);
+        }
+        self.inner.recv(buf)
+    }
+}
+
+#[test]
+fn each_request_and_each_polling_loop_has_its_own_deadline() {
+    let (server, _) = setup();
+    let clock = FakeClock(Rc::new(std::cell::Cell::new(Duration::ZERO)));
+    let mute = Rc::new(std::cell::Cell::new(false));
+    let (wait, pause) = policies(|| clock.clone());
+    let slow = Slow {
+        inner: SimTransport::connect(&server, 0),
+        skip: false,
+        mute: mute.clone(),
+    };
+    let mut t = Tool::new(Client::new(slow), wait, pause);
+    run(&mut t, &args("create-controller 3 --ports 2")).unwrap();
+    // No usbdom: polling for the backend directory to go spends a whole budget, and the requests
+    // after it (removing both directories) still get their replies.
+    let before = clock.now();
+    let out = run(&mut t, &args("remove-controller 3")).unwrap();
+    assert!(out.contains("note: usbdom did not remove"), "{out}");
+    assert!(
+        clock.now() - before >= WAIT_BUDGET,
+        "the pause used its budget"
+    );
+    assert!(read(&server, "/local/domain/3/device/vusb/0").is_none());
+    // A second polling loop gets a full budget too: creating and waiting for a backend that never
+    // comes takes another whole budget, not zero.
+    let before = clock.now();
+    match run(&mut t, &args("create-controller 3 --wait")) {
+        Err(ToolError::NotServed(m)) => assert!(m.contains("is it running"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(clock.now() - before >= WAIT_BUDGET);
+    // A reply that never comes: that request gives up after its budget, with a clear error.
+    mute.set(true);
+    let before = clock.now();
+    let e = run(&mut t, &args("status --backend 1")).unwrap_err();
+    assert!(e.to_string().contains("gave up waiting"), "{e}");
+    let spent = clock.now() - before;
+    assert!(
+        spent >= WAIT_BUDGET && spent < WAIT_BUDGET + Duration::from_secs(1),
+        "{spent:?}"
+    );
+}

@@ -80,14 +80,37 @@ pub struct Device {
     pub assigned: String,
 }
 
+/// A wait policy. Each wait (one xenstore request, one polling loop) starts with
+/// [`Wait::begin`], which gives it a budget of its own; [`Wait::more`] is called between polls and
+/// returns false once that wait should give up. A plain closure is a policy whose budget never
+/// restarts.
+pub trait Wait {
+    /// A new wait starts.
+    fn begin(&mut self) {}
+    /// Pause before the next poll; false gives up.
+    fn more(&mut self) -> bool;
+}
+
+impl<F: FnMut() -> bool> Wait for F {
+    fn more(&mut self) -> bool {
+        self()
+    }
+}
+
+/// Start a wait of `w` and return it as the closure the xenstore client calls between polls.
+fn waiting(w: &mut Box<dyn Wait>) -> impl FnMut() -> bool + '_ {
+    w.begin();
+    move || w.more()
+}
+
 /// The tool: a xenstore client plus its wait policies.
 pub struct Tool<T: Transport> {
     pub xs: Client<T>,
-    /// Called while a xenstore reply is outstanding; false gives up.
-    pub wait: Box<dyn FnMut() -> bool>,
-    /// Called between polls of a condition (e.g. the backend removing its directory); false
-    /// gives up.
-    pub pause: Box<dyn FnMut() -> bool>,
+    /// Used while a xenstore reply is outstanding (one wait per request or transaction).
+    pub wait: Box<dyn Wait>,
+    /// Used between polls of a condition, e.g. the backend removing its directory (one wait per
+    /// polling loop).
+    pub pause: Box<dyn Wait>,
 }
 
 /// Validate a port path (`<controller>-<port>[.<port>…]`); same rules as the backend.
@@ -112,16 +135,19 @@ fn parse_num(s: &str) -> Option<u32> {
 }
 
 impl<T: Transport> Tool<T> {
-    pub fn new(
-        xs: Client<T>,
-        wait: Box<dyn FnMut() -> bool>,
-        pause: Box<dyn FnMut() -> bool>,
-    ) -> Self {
-        Tool { xs, wait, pause }
+    pub fn new(xs: Client<T>, wait: impl Wait + 'static, pause: impl Wait + 'static) -> Self {
+        Tool {
+            xs,
+            wait: Box::new(wait),
+            pause: Box::new(pause),
+        }
     }
 
     fn read(&mut self, path: &str) -> Result<Option<String>, ToolError> {
-        match self.xs.read_string(TxId::NONE, path, &mut self.wait) {
+        match self
+            .xs
+            .read_string(TxId::NONE, path, &mut waiting(&mut self.wait))
+        {
             Ok(s) => Ok(Some(s)),
             Err(e) if e.is_enoent() => Ok(None),
             Err(e) => Err(e.into()),
@@ -129,7 +155,10 @@ impl<T: Transport> Tool<T> {
     }
 
     fn dir(&mut self, path: &str) -> Result<Vec<String>, ToolError> {
-        match self.xs.directory(TxId::NONE, path, &mut self.wait) {
+        match self
+            .xs
+            .directory(TxId::NONE, path, &mut waiting(&mut self.wait))
+        {
             Ok(v) => Ok(v),
             Err(e) if e.is_enoent() => Ok(Vec::new()),
             Err(e) => Err(e.into()),
@@ -262,39 +291,40 @@ impl<T: Transport> Tool<T> {
                 access: Access::Read,
             },
         ];
-        let mut wait = std::mem::replace(&mut self.wait, Box::new(|| false));
-        let r = self.xs.transaction(10, &mut wait, |xs, tx, w| {
-            xs.mkdir(tx, &fe_path, w)?;
-            xs.set_perms(tx, &fe_path, &fe_perms, w)?;
-            xs.write(tx, &format!("{fe_path}/backend"), be_path.as_bytes(), w)?;
-            xs.write(
-                tx,
-                &format!("{fe_path}/backend-id"),
-                be.to_string().as_bytes(),
-                w,
-            )?;
-            xs.write(tx, &format!("{fe_path}/state"), b"1", w)?;
-            xs.mkdir(tx, &be_path, w)?;
-            xs.set_perms(tx, &be_path, &be_perms, w)?;
-            for (k, v) in [
-                ("frontend", fe_path.clone()),
-                ("frontend-id", fe.to_string()),
-                ("online", "1".into()),
-                ("type", "pv".into()),
-                ("usb-ver", version.to_string()),
-                ("num-ports", ports.to_string()),
-                ("port", String::new()),
-            ] {
-                xs.write(tx, &format!("{be_path}/{k}"), v.as_bytes(), w)?;
-            }
-            for p in 1..=ports {
-                xs.write(tx, &format!("{be_path}/port/{p}"), b"", w)?;
-            }
-            // Last: the backend reacts to the directory once it is complete.
-            xs.write(tx, &format!("{be_path}/state"), b"1", w)?;
-            Ok(())
-        });
-        self.wait = wait;
+        // One wait for the whole transaction.
+        let r = self
+            .xs
+            .transaction(10, &mut waiting(&mut self.wait), |xs, tx, w| {
+                xs.mkdir(tx, &fe_path, w)?;
+                xs.set_perms(tx, &fe_path, &fe_perms, w)?;
+                xs.write(tx, &format!("{fe_path}/backend"), be_path.as_bytes(), w)?;
+                xs.write(
+                    tx,
+                    &format!("{fe_path}/backend-id"),
+                    be.to_string().as_bytes(),
+                    w,
+                )?;
+                xs.write(tx, &format!("{fe_path}/state"), b"1", w)?;
+                xs.mkdir(tx, &be_path, w)?;
+                xs.set_perms(tx, &be_path, &be_perms, w)?;
+                for (k, v) in [
+                    ("frontend", fe_path.clone()),
+                    ("frontend-id", fe.to_string()),
+                    ("online", "1".into()),
+                    ("type", "pv".into()),
+                    ("usb-ver", version.to_string()),
+                    ("num-ports", ports.to_string()),
+                    ("port", String::new()),
+                ] {
+                    xs.write(tx, &format!("{be_path}/{k}"), v.as_bytes(), w)?;
+                }
+                for p in 1..=ports {
+                    xs.write(tx, &format!("{be_path}/port/{p}"), b"", w)?;
+                }
+                // Last: the backend reacts to the directory once it is complete.
+                xs.write(tx, &format!("{be_path}/state"), b"1", w)?;
+                Ok(())
+            });
         r?;
         Ok(devid)
     }
@@ -362,7 +392,7 @@ impl<T: Transport> Tool<T> {
             TxId::NONE,
             &format!("{be_path}/port/{port}"),
             path.as_bytes(),
-            &mut self.wait,
+            &mut waiting(&mut self.wait),
         )?;
         Ok(())
     }
@@ -383,7 +413,7 @@ impl<T: Transport> Tool<T> {
             TxId::NONE,
             &format!("{be_path}/port/{port}"),
             b"",
-            &mut self.wait,
+            &mut waiting(&mut self.wait),
         )?;
         Ok(current)
     }
@@ -406,28 +436,33 @@ impl<T: Transport> Tool<T> {
             TxId::NONE,
             &format!("{be_path}/online"),
             b"0",
-            &mut self.wait,
+            &mut waiting(&mut self.wait),
         )?;
         self.xs.write(
             TxId::NONE,
             &format!("{be_path}/state"),
             b"5",
-            &mut self.wait,
+            &mut waiting(&mut self.wait),
         )?;
         let mut note = None;
+        self.pause.begin();
         loop {
             if self.read(&format!("{be_path}/frontend"))?.is_none() {
                 break;
             }
-            if !(self.pause)() {
+            if !self.pause.more() {
                 note = Some(format!(
                     "usbdom did not remove {be_path} (not running?); removed it here"
                 ));
-                self.xs.rm(TxId::NONE, &be_path, &mut self.wait)?;
+                self.xs
+                    .rm(TxId::NONE, &be_path, &mut waiting(&mut self.wait))?;
                 break;
             }
         }
-        match self.xs.rm(TxId::NONE, &fe_path, &mut self.wait) {
+        match self
+            .xs
+            .rm(TxId::NONE, &fe_path, &mut waiting(&mut self.wait))
+        {
             Err(e) if !e.is_enoent() => return Err(e.into()),
             _ => {}
         }
@@ -438,6 +473,7 @@ impl<T: Transport> Tool<T> {
     /// backend `state` is InitWait or later. Returns the state reached.
     pub fn wait_backend_ready(&mut self, fe: u16, devid: u32, be: u16) -> Result<u32, ToolError> {
         let p = format!("/local/domain/{be}/backend/vusb/{fe}/{devid}/state");
+        self.pause.begin();
         loop {
             let st = self.read(&p)?.and_then(|s| parse_num(&s)).unwrap_or(0);
             if (2..=4).contains(&st) {
@@ -448,7 +484,7 @@ impl<T: Transport> Tool<T> {
                     "usbdom closed controller {devid} of domain {fe} (state {st}); see its console"
                 )));
             }
-            if !(self.pause)() {
+            if !self.pause.more() {
                 return Err(ToolError::NotServed(format!(
                     "usbdom (domain {be}) did not take up controller {devid} of domain {fe}: is it running?"
                 )));
@@ -466,6 +502,7 @@ impl<T: Transport> Tool<T> {
         be: u16,
     ) -> Result<(), ToolError> {
         let want = format!("{fe}/{devid}/{port}");
+        self.pause.begin();
         loop {
             let d = self.devices(be)?.into_iter().find(|d| d.path == path);
             match d {
@@ -473,7 +510,7 @@ impl<T: Transport> Tool<T> {
                 Some(d) if d.assigned == want => return Ok(()),
                 Some(_) => {}
             }
-            if !(self.pause)() {
+            if !self.pause.more() {
                 return Err(ToolError::NotServed(format!(
                     "usbdom did not take up {path} on port {port}: is it running?"
                 )));
