@@ -355,7 +355,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
     fn xs_write(&mut self, path: &str, value: &str) -> Result<(), BackendError> {
         match self.xs.write(path, value) {
             Err(StoreError::Refused(e)) => {
-                log::warn!("pvusb: writing {path}: {e}");
+                log::warn!("writing {path}: {e}");
                 Ok(())
             }
             r => Ok(r?),
@@ -385,7 +385,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         }
         v.state = s;
         let path = format!("{}/state", v.be);
-        log::info!("pvusb: vusb {}/{}: state {}", key.0, key.1, s.0);
+        log::info!("vusb {}/{}: state {}", key.0, key.1, s.0);
         self.xs_write(&path, &s.0.to_string())
     }
 
@@ -514,7 +514,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
                     // waits for exactly that).
                     self.disconnect(hc, key);
                     self.set_state(key, XenbusState::CLOSED)?;
-                    log::info!("pvusb: vusb {}/{}: frontend gone", key.0, key.1);
+                    log::info!("vusb {}/{}: frontend gone", key.0, key.1);
                     self.remove(hc, key)?;
                     self.xs_rm(&be)?;
                     return Ok(());
@@ -545,7 +545,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
                     if self.vusbs[&key].link.is_some() || ours == XenbusState::CONNECTED {
                         if self.limit.allow(self.hv.now_ns()).is_some() {
                             log::warn!(
-                                "pvusb: vusb {}/{}: frontend state {}: closing",
+                                "vusb {}/{}: frontend state {}: closing",
                                 key.0,
                                 key.1,
                                 other.0
@@ -614,7 +614,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         if !valid {
             if self.limit.allow(self.hv.now_ns()).is_some() {
                 log::warn!(
-                    "pvusb: {be}: invalid (frontend {frontend:?}, num-ports {num_ports:?}, usb-ver {usb_ver:?}); not served"
+                    "{be}: invalid (frontend {frontend:?}, num-ports {num_ports:?}, usb-ver {usb_ver:?}); not served"
                 );
             }
             // Closed, written once: our own write fires our watch again.
@@ -641,7 +641,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
             },
         );
         log::info!(
-            "pvusb: vusb {}/{}: {num_ports} ports, usb-ver {}",
+            "vusb {}/{}: {num_ports} ports, usb-ver {}",
             key.0,
             key.1,
             usb_ver.unwrap()
@@ -664,7 +664,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         let (Some(urb_ref), Some(conn_ref), Some(evtchn)) = (urb_ref, conn_ref, evtchn) else {
             if self.limit.allow(self.hv.now_ns()).is_some() {
                 log::warn!(
-                    "pvusb: vusb {}/{}: ring references missing or malformed",
+                    "vusb {}/{}: ring references missing or malformed",
                     key.0,
                     key.1
                 );
@@ -688,7 +688,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
             Ok(c) => c,
             Err(e) => {
                 if self.limit.allow(self.hv.now_ns()).is_some() {
-                    log::warn!("pvusb: vusb {}/{}: urb ring: {e}", key.0, key.1);
+                    log::warn!("vusb {}/{}: urb ring: {e}", key.0, key.1);
                 }
                 return self.set_state(key, XenbusState::CLOSING);
             }
@@ -698,7 +698,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
             Err(e) => {
                 let _ = urb.teardown(&mut self.hv);
                 if self.limit.allow(self.hv.now_ns()).is_some() {
-                    log::warn!("pvusb: vusb {}/{}: conn ring: {e}", key.0, key.1);
+                    log::warn!("vusb {}/{}: conn ring: {e}", key.0, key.1);
                 }
                 return self.set_state(key, XenbusState::CLOSING);
             }
@@ -720,7 +720,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         }
         v.link = Some(link);
         self.stats.connects += 1;
-        log::info!("pvusb: vusb {}/{}: connected", key.0, key.1);
+        log::info!("vusb {}/{}: connected", key.0, key.1);
         self.set_state(key, XenbusState::CONNECTED)?;
         self.refresh_ports(hc, key)?;
         self.service(hc, key);
@@ -745,7 +745,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         add(&mut self.stats.links, &link.stats);
         let outstanding = link.abort(&mut self.hv, hc);
         log::info!(
-            "pvusb: vusb {}/{}: disconnected ({outstanding} transfers to drain)",
+            "vusb {}/{}: disconnected ({outstanding} transfers to drain)",
             key.0,
             key.1
         );
@@ -772,7 +772,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
             }
         }
         let _ = self.xs.unwatch(&format!("{}/state", v.fe), &v.token);
-        log::info!("pvusb: vusb {}/{}: removed", key.0, key.1);
+        log::info!("vusb {}/{}: removed", key.0, key.1);
         Ok(())
     }
 
@@ -795,7 +795,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
                     Ok(p) => Some(p),
                     Err(e) => {
                         if self.limit.allow(self.hv.now_ns()).is_some() {
-                            log::warn!("pvusb: {be}/port/{port} = {s:?}: {e}");
+                            log::warn!("{be}/port/{port} = {s:?}: {e}");
                         }
                         None
                     }
@@ -812,7 +812,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
                 if let Some((other, op)) = self.claims.get(&new) {
                     if self.limit.allow(self.hv.now_ns()).is_some() {
                         log::warn!(
-                            "pvusb: {be}/port/{port}: {new} is already exported to {}/{} port {op}",
+                            "{be}/port/{port}: {new} is already exported to {}/{} port {op}",
                             other.0,
                             other.1
                         );
@@ -826,7 +826,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
                 if let (Some(link), Some(d)) = (v.link.as_mut(), self.devices.get(&new)) {
                     link.queue_conn(&mut v.ports, port, visible_speed(v.usb_ver, d));
                 }
-                log::info!("pvusb: vusb {}/{} port {port}: {new}", key.0, key.1);
+                log::info!("vusb {}/{} port {port}: {new}", key.0, key.1);
                 self.publish_assigned(new)?;
             }
         }
@@ -848,11 +848,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         if self.claims.get(&old) == Some(&(key, port)) {
             self.claims.remove(&old);
         }
-        log::info!(
-            "pvusb: vusb {}/{} port {port}: {old} detached",
-            key.0,
-            key.1
-        );
+        log::info!("vusb {}/{} port {port}: {old} detached", key.0, key.1);
         self.publish_assigned(old)
     }
 
@@ -910,7 +906,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         let vidpid = format!("{:04x}:{:04x}", dev.vendor, dev.product_id);
         self.devices.insert(path, dev);
         log::info!(
-            "pvusb: device {path} ({vidpid}, {} speed) available",
+            "device {path} ({vidpid}, {} speed) available",
             speed_name(speed)
         );
         self.xs_write(&format!("{node}/path"), &path.to_string())?;
@@ -940,7 +936,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         if self.devices.remove(&path).is_none() {
             return Ok(());
         }
-        log::info!("pvusb: device {path} gone");
+        log::info!("device {path} gone");
         if let Some(&(key, port)) = self.claims.get(&path) {
             self.port_gone(hc, key, port);
             self.service(hc, key);
@@ -972,10 +968,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
                     self.device_detached(hc, PortPath::new(self.cfg.controller, *route))?;
                 }
                 BusEvent::Failed(route, e) => {
-                    log::warn!(
-                        "pvusb: device at {}-{route} not usable: {e}",
-                        self.cfg.controller
-                    );
+                    log::warn!("device at {}-{route} not usable: {e}", self.cfg.controller);
                 }
             }
         }
@@ -995,7 +988,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
             match ev {
                 HcEvent::Transfer(c) => {
                     if !self.complete(&mut bus.hc, &c) {
-                        log::debug!("pvusb: completion {:?} is not the backend's", c.id);
+                        log::debug!("completion {:?} is not the backend's", c.id);
                     }
                 }
                 HcEvent::PortChange(port) => {
@@ -1003,7 +996,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
                     self.handle_bus_events(&mut bus.hc, &bus.registry, &evs)?;
                 }
                 HcEvent::ControllerDead => {
-                    log::error!("pvusb: controller {} stopped working", self.cfg.controller);
+                    log::error!("controller {} stopped working", self.cfg.controller);
                 }
             }
         }
@@ -1043,7 +1036,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
             Err(e) => {
                 self.stats.protocol_failures += 1;
                 log::warn!(
-                    "pvusb: vusb {}/{}: ring failure ({}), disconnecting it",
+                    "vusb {}/{}: ring failure ({}), disconnecting it",
                     key.0,
                     key.1,
                     e.0
@@ -1098,7 +1091,7 @@ fn visible_speed(usb_ver: u32, d: &PhysDevice) -> UsbifSpeed {
     let s = link::usbif_speed(d.speed);
     if usb_ver == 1 && s == UsbifSpeed::HIGH {
         log::warn!(
-            "pvusb: {} is a {}-speed device: not shown on a USB 1.1 controller (use --version 2)",
+            "{} is a {}-speed device: not shown on a USB 1.1 controller (use --version 2)",
             d.path,
             speed_name(d.speed)
         );

@@ -122,11 +122,11 @@ impl<H: Hypervisor, C: HostController> Env<'_, H, C> {
         if let Some(suppressed) = self.limit.allow(self.hv.now_ns()) {
             if suppressed > 0 {
                 log::warn!(
-                    "pvusb: frontend {}: {args} ({suppressed} similar lines suppressed)",
+                    "frontend {}: {args} ({suppressed} similar lines suppressed)",
                     peer.0
                 );
             } else {
-                log::warn!("pvusb: frontend {}: {args}", peer.0);
+                log::warn!("frontend {}: {args}", peer.0);
             }
         }
     }
@@ -311,10 +311,7 @@ impl<H: Hypervisor> Link<H> {
             error_count: 0,
         };
         if let Err(e) = self.urb.complete(hv, buf, &rsp) {
-            log::error!(
-                "pvusb: frontend {}: answering request {id}: {e}",
-                self.peer.0
-            );
+            log::error!("frontend {}: answering request {id}: {e}", self.peer.0);
         }
     }
 
@@ -506,7 +503,7 @@ impl<H: Hypervisor> Link<H> {
                 if let Some(dev) = Self::device(env, ports, k.0) {
                     let d: DeviceId = dev.device;
                     if let Err(e) = env.hc.clear_halt(d, EndpointAddress(k.1)) {
-                        log::debug!("pvusb: clearing halt of {:?} ep {:#x}: {e}", d, k.1);
+                        log::debug!("clearing halt of {:?} ep {:#x}: {e}", d, k.1);
                     }
                 }
             }
@@ -626,7 +623,7 @@ impl<H: Hypervisor> Link<H> {
                         self.finish(env, id, UsbifStatus::NODEV, 0, None);
                         return;
                     }
-                    log::debug!("pvusb: clear_halt {:?} {:#x}: {e}", device, ep.0);
+                    log::debug!("clear_halt {:?} {:#x}: {e}", device, ep.0);
                 }
             }
         }

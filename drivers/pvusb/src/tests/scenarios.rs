@@ -1256,3 +1256,58 @@ fn frontend_closing_answers_every_request_in_flight() {
     w.run(&mut [&mut f]);
     all_answered_with_an_error(&mut w, &mut f);
 }
+
+std::thread_local! {
+    /// Log lines of this thread, while it captures.
+    static CAPTURED: RefCell<Option<Vec<(String, String)>>> = const { RefCell::new(None) };
+}
+
+/// A logger that keeps (target, message) of the threads that asked for it.
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record) {
+        CAPTURED.with(|c| {
+            if let Some(v) = c.borrow_mut().as_mut() {
+                v.push((r.target().to_string(), r.args().to_string()));
+            }
+        });
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn log_lines_do_not_repeat_the_crate_name_of_their_target() {
+    static CAPTURE: Capture = Capture;
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        if log::set_logger(&CAPTURE).is_ok() {
+            log::set_max_level(log::LevelFilter::Trace);
+        }
+    });
+    assert!(
+        log::max_level() == log::LevelFilter::Trace,
+        "capturing logger installed"
+    );
+    CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+    // Connect, attach, a refused request, a detach, a device that goes, a close.
+    let (mut w, mut f) = connected(true, Speed::High);
+    f.send(&request(9, ctrl_pipe(1, 77, true), [0; 8], &[]));
+    w.assign(FE, 0, 1, "");
+    w.run(&mut [&mut f]);
+    w.unplug(1);
+    f.set_state(5);
+    w.run(&mut [&mut f]);
+    let lines = CAPTURED.with(|c| c.borrow_mut().take().unwrap());
+    let ours: Vec<_> = lines
+        .iter()
+        .filter(|(t, _)| t.starts_with("pvusb"))
+        .collect();
+    assert!(ours.len() >= 6, "the scenario logs: {lines:?}");
+    for (t, m) in ours {
+        assert!(!m.starts_with("pvusb"), "{t}: {m}");
+    }
+}
