@@ -15,6 +15,8 @@
 //! until usbdom took the controller or device up. Errors print one line and exit with status 1
 //! (2 for usage errors).
 
+#![forbid(unsafe_code)]
+
 mod tool;
 mod transport;
 
