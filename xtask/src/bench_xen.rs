@@ -5,8 +5,9 @@
 //! dom0 runs `tests/xen/bench.sh`: first "direct" (dom0 loads `xhci-hcd`/`xhci-pci`, shipped in
 //! the run's initramfs from the host's module tree of the dom0 kernel), then it unloads them,
 //! hands the controller to usbdom (`xl pci=`), becomes its `xen-hcd` frontend ("usbdom") and
-//! measures again. Per mode: sequential read of the whole stick (`dd bs=1M iflag=direct`, two
-//! passes) and QD1 4 KiB random-read latency (`qd1` below, a static C program: 200 O_DIRECT
+//! measures again. Per mode: sequential read of the whole stick (`qd1 DEV seq 3`: 1 MiB O_DIRECT
+//! `pread`s, three passes, CLOCK_MONOTONIC; plain `dd bs=1M iflag=direct` is also run once as a
+//! cross-check, timed by /proc/uptime at 10 ms resolution) and QD1 4 KiB random-read latency (`qd1` below, a static C program: 200 O_DIRECT
 //! `pread`s at the same pseudo-random offsets in both modes, timed with CLOCK_MONOTONIC).
 //! Also: `xl create` → usbdom ready (host serial stamps; the `U|` copy of the console is polled
 //! every 0.3 s, so ±0.3 s), `usbdom create-controller --wait` → backend Connected (dom0 uptime,
@@ -23,27 +24,43 @@ use crate::report::Report;
 use crate::util;
 use crate::xen::{self, Boot};
 
-/// QD1 latency tool run in dom0 (`/bench/qd1 DEV N SEED`): prints
-/// `n=.. mean_us=.. median_us=.. p90_us=.. min_us=.. max_us=..`.
+/// Benchmark tool run in dom0: `/guest/qd1 DEV N SEED` (QD1 4 KiB random reads) prints
+/// `n=.. mean_us=.. median_us=.. p90_us=.. min_us=.. max_us=..`; `/guest/qd1 DEV seq PASSES`
+/// (whole-device 1 MiB reads) prints `bytes=.. secs=.. mib_s=..`.
 const QD1_C: &str = r#"
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include <string.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <linux/fs.h>
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1e6 + t.tv_nsec / 1e3; }
 static int cmp(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return (x > y) - (x < y); }
 int main(int argc, char **argv) {
-  if (argc < 3) { fprintf(stderr, "usage: qd1 DEV N [SEED]\n"); return 2; }
-  int n = atoi(argv[2]); unsigned seed = argc > 3 ? (unsigned)atoi(argv[3]) : 1;
+  if (argc < 3) { fprintf(stderr, "usage: qd1 DEV N [SEED] | qd1 DEV seq PASSES\n"); return 2; }
+  int seq = !strcmp(argv[2], "seq");
+  int n = atoi(argv[seq ? 3 : 2]); unsigned seed = !seq && argc > 3 ? (unsigned)atoi(argv[3]) : 1;
   int fd = open(argv[1], O_RDONLY | O_DIRECT);
   if (fd < 0) { perror("open"); return 1; }
   unsigned long long size = 0;
   if (ioctl(fd, BLKGETSIZE64, &size) != 0) size = (unsigned long long)lseek(fd, 0, SEEK_END);
   if (size < 4096) { fprintf(stderr, "size %llu\n", size); return 1; }
+  if (seq) {
+    void *big; if (n < 1 || posix_memalign(&big, 4096, 1 << 20)) return 1;
+    double t0 = now(); unsigned long long total = 0;
+    for (int p = 0; p < n; p++)
+      for (unsigned long long off = 0; off < size; ) {
+        ssize_t r = pread(fd, big, size - off < (1 << 20) ? size - off : (1 << 20), (off_t)off);
+        if (r <= 0) { perror("pread"); return 1; }
+        off += (unsigned long long)r; total += (unsigned long long)r;
+      }
+    double us = now() - t0;
+    printf("bytes=%llu secs=%.4f mib_s=%.3f\n", total, us / 1e6, total / 1048576.0 / (us / 1e6));
+    return 0;
+  }
   void *buf; if (posix_memalign(&buf, 4096, 4096)) return 1;
   double *lat = calloc(n, sizeof *lat); if (!lat || n < 1) return 1;
   unsigned long long blocks = size / 4096, x = seed * 2654435761ull + 1;
@@ -101,10 +118,14 @@ pub fn parse(lines: &[Line]) -> Outcome {
     o
 }
 
-/// The side-by-side table: (row label, direct, usbdom, ratio usbdom/direct).
-pub fn table(o: &Outcome) -> Vec<(String, Option<f64>, Option<f64>, Option<f64>)> {
+/// One row of the side-by-side table: (label, direct, usbdom, ratio usbdom/direct).
+pub type Row = (String, Option<f64>, Option<f64>, Option<f64>);
+
+/// The side-by-side table.
+pub fn table(o: &Outcome) -> Vec<Row> {
     let rows = [
         ("sequential read MiB/s", "seq-mib-s"),
+        ("  cross-check: dd MiB/s", "dd-mib-s"),
         ("QD1 4 KiB mean us", "lat-mean-us"),
         ("QD1 4 KiB median us", "lat-median-us"),
         ("QD1 4 KiB p90 us", "lat-p90-us"),
@@ -151,7 +172,7 @@ fn xhci_modules(art: &xen::Artifacts) -> Result<Vec<(String, PathBuf)>, String> 
                 .to_string_lossy()
                 .into_owned();
             if name == "xhci-hcd.ko" || name == "xhci-pci.ko" {
-                out.push((format!("bench/{name}"), p));
+                out.push((format!("guest/{name}"), p));
             }
         }
     }
@@ -196,7 +217,7 @@ pub fn run(r: &mut Report) {
         Err(e) => return r.fail(name, e),
     };
     match build_qd1(&dir) {
-        Ok(b) => extra.push(("bench/qd1".to_string(), b)),
+        Ok(b) => extra.push(("guest/qd1".to_string(), b)),
         Err(e) => return r.fail(name, format!("qd1: {e}")),
     }
     let b = Boot {
@@ -243,6 +264,21 @@ pub fn run(r: &mut Report) {
         _ => None,
     };
     let cc = o.get("create-controller-to-connected-s");
+    // usbdom's own stamp of its "ready" line (seconds since its start).
+    let own_ready = res.out.find("usbdom: ready").and_then(|l| {
+        l.text
+            .split('[')
+            .nth(1)?
+            .split(']')
+            .next()?
+            .trim()
+            .parse::<f64>()
+            .ok()
+    });
+    println!(
+        "  usbdom start -> ready (s, usbdom's own clock)     {}",
+        fmt(own_ready)
+    );
     println!(
         "  xl create -> usbdom ready (s, serial stamps)      {}",
         fmt(create_ready)
@@ -322,8 +358,8 @@ mod tests {
         ]));
         let t = table(&o);
         assert_eq!(t[0].3, Some(0.75));
-        assert_eq!(t[1].3, Some(2.5));
+        assert_eq!(t[2].3, Some(2.5));
         // A mode that produced nothing gives no ratio.
-        assert_eq!(t[2], ("QD1 4 KiB median us".to_string(), None, None, None));
+        assert_eq!(t[3], ("QD1 4 KiB median us".to_string(), None, None, None));
     }
 }
