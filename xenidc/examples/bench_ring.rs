@@ -21,7 +21,10 @@ fn main() {
         }
         return;
     }
-    let n: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let n: u64 = args
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     let f: fn(u64) -> xenidc::bench::BenchResult = match mode.as_str() {
         "backend" => xenidc::bench::ring_backend,
         "roundtrip" => xenidc::bench::ring_roundtrip,
