@@ -159,7 +159,7 @@ impl DmaAlloc for FakeDma {
         let reuse = m
             .free
             .iter()
-            .position(|&(off, len)| len == size && (base + off) % align == 0);
+            .position(|&(off, len)| len == size && (base + off).is_multiple_of(align));
         let offset = if let Some(i) = reuse {
             m.free.swap_remove(i).0
         } else {
