@@ -170,54 +170,21 @@ pub fn best(samples: &[Sample], hc: &str, passes: u32, bytes: u64) -> Result<Sam
 
 /// The QEMU arguments both guests share (everything but the kernel, initrd and command line).
 pub fn common_args(s: &Setup, disk: &Path) -> Vec<String> {
-    [
-        "-accel",
-        "tcg",
-        "-M",
-        "q35",
-        "-cpu",
-        "max",
-        "-m",
-        "256",
-        "-smp",
-        "1",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=0x04",
-        "-device",
-        s.controller,
-        "-drive",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .chain([
+    let mut args = crate::qemu_tier::machine_args(256);
+    args.extend([
+        "-device".into(),
+        s.controller.to_string(),
+        "-drive".into(),
         format!("if=none,id=stick,format=raw,file={}", disk.display()),
         "-device".into(),
         "usb-storage,bus=usbc.0,port=1,drive=stick".into(),
-    ])
-    .collect()
+    ]);
+    args
 }
 
 /// The newest Debian `*-amd64` kernel with a vmlinuz and modules.
 fn linux_kernel() -> Result<String, String> {
-    let mut v: Vec<String> = fs::read_dir("/lib/modules")
-        .map_err(|e| format!("/lib/modules: {e}"))?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|k| {
-            k.ends_with("-amd64")
-                && Path::new(&format!("/boot/vmlinuz-{k}")).exists()
-                && Path::new(&format!("/lib/modules/{k}/modules.dep")).exists()
-        })
-        .collect();
-    v.sort();
-    v.pop()
-        .ok_or_else(|| "no /boot/vmlinuz-*-amd64 with /lib/modules/*/modules.dep".into())
+    crate::xen::newest_kernel("modules.dep", "modules")
 }
 
 /// Modules the Linux guest loads, dependencies first (from `modprobe --show-depends`).

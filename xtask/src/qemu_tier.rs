@@ -198,8 +198,10 @@ pub fn judge(
     }
 }
 
-/// The base QEMU arguments of a PVH boot of the kernel.
-pub fn base_args(elf: &Path, cmdline: &str) -> Vec<String> {
+/// The QEMU machine every PVH guest of xtask runs on (TCG, q35, one vCPU, serial on stdio,
+/// `isa-debug-exit` for pass/fail), with `mem_mib` of memory.
+pub fn machine_args(mem_mib: u32) -> Vec<String> {
+    let mem = mem_mib.to_string();
     [
         "-accel",
         "tcg",
@@ -208,7 +210,7 @@ pub fn base_args(elf: &Path, cmdline: &str) -> Vec<String> {
         "-cpu",
         "max",
         "-m",
-        "128",
+        mem.as_str(),
         "-smp",
         "1",
         "-nodefaults",
@@ -222,13 +224,19 @@ pub fn base_args(elf: &Path, cmdline: &str) -> Vec<String> {
     ]
     .iter()
     .map(|s| s.to_string())
-    .chain([
+    .collect()
+}
+
+/// The base QEMU arguments of a PVH boot of the kernel.
+pub fn base_args(elf: &Path, cmdline: &str) -> Vec<String> {
+    let mut args = machine_args(128);
+    args.extend([
         "-kernel".into(),
         elf.display().to_string(),
         "-append".into(),
         cmdline.to_string(),
-    ])
-    .collect()
+    ]);
+    args
 }
 
 /// Run one scenario; Err(why) on failure (the log tail is printed by the caller).

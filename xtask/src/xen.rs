@@ -67,6 +67,12 @@ pub struct Artifacts {
 
 /// The newest `*-amd64` kernel that has modules, a vmlinuz and headers.
 fn kver() -> Result<String, String> {
+    newest_kernel("build", "headers")
+}
+
+/// The newest installed `*-amd64` kernel (by version, not by string order) that has a
+/// `/boot/vmlinuz-<k>` and a `/lib/modules/<k>/<needs>`; `what` names `needs` in the error.
+pub fn newest_kernel(needs: &str, what: &str) -> Result<String, String> {
     let mut v: Vec<String> = fs::read_dir("/lib/modules")
         .map_err(|e| format!("/lib/modules: {e}"))?
         .flatten()
@@ -74,12 +80,12 @@ fn kver() -> Result<String, String> {
         .filter(|k| {
             k.ends_with("-amd64")
                 && Path::new(&format!("/boot/vmlinuz-{k}")).exists()
-                && Path::new(&format!("/lib/modules/{k}/build")).exists()
+                && Path::new(&format!("/lib/modules/{k}/{needs}")).exists()
         })
         .collect();
     v.sort_by(|a, b| version_cmp(a, b));
     v.pop()
-        .ok_or_else(|| "no /lib/modules/*-amd64 with /boot/vmlinuz and headers".into())
+        .ok_or_else(|| format!("no /lib/modules/*-amd64 with /boot/vmlinuz and {what}"))
 }
 
 /// Compare version strings numerically by their digit runs (like `sort -V` for these names).
