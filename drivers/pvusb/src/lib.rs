@@ -44,6 +44,13 @@
 //! devices are published under `data/usbdom/devices/<node>/{path,vid-pid,speed,product,assigned}`
 //! of usbdom's home for the dom0 tool.
 //!
+//! A device that a connected frontend lets go (its port cleared, the frontend closed or its domain
+//! destroyed) is reset and enumerated afresh before any frontend sees it again
+//! ([`Backend::take_due_resets`], done by [`Backend::poll_bus`]): the next guest must not inherit
+//! what the last one left in it, e.g. a mass-storage command cut off by `xl destroy` mid-read.
+//! A guest's own port reset never reaches the backend (xen-hcd emulates the root hub), so this is
+//! the only reset a device gets between guests.
+//!
 //! # Wiring into the kernel (Xen PV)
 //! - `H`: the domain's `xenidc::xen::XenHypervisor`. The kernel shares it (`Rc<RefCell<Ctx>>`), so
 //!   it passes a [`SharedHv`] (`SharedHv::new(ctx.clone(), |c| &c.hv, |c| &mut c.hv, xs_page_view,
@@ -89,7 +96,7 @@ pub mod urb;
 #[cfg(test)]
 mod tests;
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -204,6 +211,9 @@ const WATCH_TOKEN: &str = "vusb";
 const DEVICES_DIR: &str = "data/usbdom/devices";
 /// How long a closed device's directory stays after a toolstack close (see [`Backend::tick`]).
 pub const REMOVE_GRACE_NS: u64 = 2_000_000_000;
+/// A device is reset at most this often (a frontend that connects and disconnects in a loop
+/// must not keep the controller busy enumerating; the device just stays unannounced meanwhile).
+pub const RESET_MIN_INTERVAL_NS: u64 = 1_000_000_000;
 /// Requests taken off one ring per call before the others get their turn.
 const RING_BUDGET: usize = 64;
 
@@ -253,6 +263,11 @@ pub struct Backend<H: Hypervisor, S: Store> {
     owners: BTreeMap<TransferId, u64>,
     /// Devices closed by the toolstack whose directory goes at the given time.
     removals: BTreeMap<Key, u64>,
+    /// Devices a frontend let go, to be reset before anyone sees them again (see
+    /// [`Backend::take_due_resets`]).
+    resets: BTreeSet<PortPath>,
+    /// When each device was last handed out for a reset.
+    last_reset: BTreeMap<PortPath, u64>,
     next_gen: u64,
     limit: RateLimit,
     stats: Stats,
@@ -287,6 +302,8 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
             zombies: BTreeMap::new(),
             owners: BTreeMap::new(),
             removals: BTreeMap::new(),
+            resets: BTreeSet::new(),
+            last_reset: BTreeMap::new(),
             next_gen: 1,
             limit: RateLimit::new(20, 1_000_000_000),
             stats: Stats::default(),
@@ -713,7 +730,11 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         }
         for i in 0..v.ports.len() {
             if let Some(path) = v.ports[i].assigned {
-                if let Some(d) = self.devices.get(&path) {
+                if let Some(d) = self
+                    .devices
+                    .get(&path)
+                    .filter(|_| !self.resets.contains(&path))
+                {
                     link.queue_conn(&mut v.ports, i as u8 + 1, visible_speed(v.usb_ver, d));
                 }
             }
@@ -740,6 +761,11 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         for p in v.ports.iter_mut() {
             p.last_queued = 0;
             p.reset_guest_state();
+            if let Some(path) = p.assigned {
+                if self.devices.contains_key(&path) {
+                    self.resets.insert(path);
+                }
+            }
         }
         self.stats.disconnects += 1;
         add(&mut self.stats.links, &link.stats);
@@ -823,7 +849,11 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
                 let v = self.vusbs.get_mut(&key).unwrap();
                 v.ports[port as usize - 1].assigned = Some(new);
                 v.ports[port as usize - 1].reset_guest_state();
-                if let (Some(link), Some(d)) = (v.link.as_mut(), self.devices.get(&new)) {
+                let d = self
+                    .devices
+                    .get(&new)
+                    .filter(|_| !self.resets.contains(&new));
+                if let (Some(link), Some(d)) = (v.link.as_mut(), d) {
                     link.queue_conn(&mut v.ports, port, visible_speed(v.usb_ver, d));
                 }
                 log::info!("vusb {}/{} port {port}: {new}", key.0, key.1);
@@ -844,6 +874,9 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         self.port_gone(hc, key, port);
         if let Some(v) = self.vusbs.get_mut(&key) {
             v.ports[port as usize - 1].assigned = None;
+            if v.link.is_some() && self.devices.contains_key(&old) {
+                self.resets.insert(old);
+            }
         }
         if self.claims.get(&old) == Some(&(key, port)) {
             self.claims.remove(&old);
@@ -933,6 +966,8 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         hc: &mut C,
         path: PortPath,
     ) -> Result<(), BackendError> {
+        // Whatever comes back on this path is enumerated afresh: no reset owed.
+        self.resets.remove(&path);
         if self.devices.remove(&path).is_none() {
             return Ok(());
         }
@@ -975,6 +1010,39 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         Ok(())
     }
 
+    /// Devices to reset now: each was exported to a frontend that let it go (its port was
+    /// cleared, or the frontend disconnected or vanished), so it may be in any state that guest
+    /// left it in (a half-done mass-storage command after `xl destroy` in the middle of a read,
+    /// an alternate setting, a halted endpoint). Until the owner resets it and reports the
+    /// result through [`Backend::handle_bus_events`] (a `Detached` then an `Attached` on the same
+    /// path; usb-core's `Bus::reset_device` does both), the device is not announced to any
+    /// frontend. A device is handed out at most once per [`RESET_MIN_INTERVAL_NS`]; one that is
+    /// not reported back is handed out again after that. [`Backend::poll_bus`] does all this.
+    pub fn take_due_resets(&mut self) -> Vec<(PortPath, DeviceId)> {
+        let now = self.hv.now_ns();
+        let mut due = Vec::new();
+        let pending: Vec<PortPath> = self.resets.iter().copied().collect();
+        for path in pending {
+            let Some(d) = self.devices.get(&path) else {
+                self.resets.remove(&path);
+                continue;
+            };
+            if let Some(&t) = self.last_reset.get(&path) {
+                if now < t.saturating_add(RESET_MIN_INTERVAL_NS) {
+                    continue;
+                }
+            }
+            self.last_reset.insert(path, now);
+            due.push((path, d.device));
+        }
+        due
+    }
+
+    /// Devices waiting for their reset (not announced to any frontend meanwhile).
+    pub fn resets_pending(&self) -> impl Iterator<Item = &PortPath> {
+        self.resets.iter()
+    }
+
     /// One round of the controller side for an owner that drives a usb-core [`Bus`]: completions
     /// go to the frontends, port changes are enumerated by the bus and applied. Returns whether
     /// anything happened.
@@ -983,6 +1051,15 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         bus: &mut Bus<C, D, K>,
     ) -> Result<bool, BackendError> {
         let mut any = false;
+        for (path, id) in self.take_due_resets() {
+            any = true;
+            log::info!("device {path}: reset before it is exported again");
+            let evs = bus.reset_device(id);
+            self.handle_bus_events(&mut bus.hc, &bus.registry, &evs)?;
+            if !self.devices.contains_key(&path) {
+                log::warn!("device {path} did not come back after its reset");
+            }
+        }
         while let Some(ev) = bus.poll() {
             any = true;
             match ev {

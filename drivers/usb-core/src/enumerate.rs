@@ -275,6 +275,55 @@ impl<H: HostController, D: DmaAlloc, C: Clock> Bus<H, D, C> {
         events
     }
 
+    /// Reset device `id` and enumerate it afresh, as if it had been unplugged and plugged in again:
+    /// it is detached (the controller fails its transfers still queued, its slot is released),
+    /// its port is reset (root port: xHCI 1.2 §4.19.5 / UHCI 1.1 §2.1.7 PORTSC reset; hub port:
+    /// USB 2.0 §11.24.2.13 SetPortFeature(PORT_RESET)), which puts the device back in the
+    /// Default state (USB 2.0 §9.1.1.5), and whatever answers there is enumerated as a new device.
+    ///
+    /// Used when a device changes hands (a PVUSB frontend let it go): the next user must not
+    /// inherit the state the previous one left in it (a half-done mass-storage command, a
+    /// selected alternate setting, a halted endpoint). A hub is reset with its subtree.
+    /// Returns what happened: `Detached` for the old device (and its subtree), then `Attached` or
+    /// `Failed`; nothing if `id` is unknown.
+    pub fn reset_device(&mut self, id: DeviceId) -> Vec<BusEvent> {
+        let mut events = Vec::new();
+        let Some(dev) = self.registry.get(id) else {
+            return events;
+        };
+        let route = dev.info.route;
+        let parent = dev.parent;
+        log::info!("usb {route}: resetting device {id:?}");
+        self.detach(id, &mut events);
+        match parent {
+            None => {
+                let port = route.root_port;
+                match self.enumerate_root_port(port) {
+                    Ok(mut evs) => events.append(&mut evs),
+                    Err(e) => {
+                        log::error!(
+                            "usb {route}: enumeration after reset failed: {e}; disabling the port"
+                        );
+                        let _ = self.hc.disable_port(port);
+                        events.push(BusEvent::Failed(route, e));
+                    }
+                }
+            }
+            Some(hub) => {
+                let port = route.port_at(route.depth).unwrap_or(0);
+                if let Err(e) = self.enumerate_hub_port(hub, port, route, &mut events) {
+                    log::error!(
+                        "usb {route}: enumeration after reset failed: {e}; disabling the hub port"
+                    );
+                    let _ = self
+                        .control_nodata(hub, hub::clear_port_feature(port, feature::PORT_ENABLE));
+                    events.push(BusEvent::Failed(route, e));
+                }
+            }
+        }
+        events
+    }
+
     fn detach(&mut self, id: DeviceId, events: &mut Vec<BusEvent>) {
         let routes: Vec<(DeviceId, Route)> =
             self.registry.iter().map(|d| (d.id, d.info.route)).collect();

@@ -48,6 +48,8 @@ pub struct SimDevice {
     pub configuration: u8,
     /// Endpoint addresses whose transfers stall.
     pub stall_eps: Vec<u8>,
+    /// Bus resets seen (root or hub port reset).
+    pub resets: u32,
     control_count: u32,
 }
 
@@ -161,6 +163,7 @@ impl SimDevice {
             address: 0,
             configuration: 0,
             stall_eps: Vec::new(),
+            resets: 0,
             control_count: 0,
         }
     }
@@ -392,7 +395,10 @@ impl SimHc {
                                 _ => 0,
                             };
                             p.change |= 1 << 4;
+                            // A bus reset leaves the device in the Default state (USB 2.0 §9.1.1.5).
                             dev.address = 0;
+                            dev.configuration = 0;
+                            dev.resets += 1;
                         }
                         Ok(Vec::new())
                     }
@@ -451,7 +457,10 @@ impl HostController for SimHc {
         if let Some(d) = p.device.as_mut() {
             p.enabled = true;
             p.changes |= PortChanges::RESET;
+            // A bus reset leaves the device in the Default state (USB 2.0 §9.1.1.5).
             d.address = 0;
+            d.configuration = 0;
+            d.resets += 1;
         }
         Ok(())
     }

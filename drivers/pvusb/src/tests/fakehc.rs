@@ -186,6 +186,8 @@ pub struct FakeStick {
     /// (NAK) until a report is queued.
     pub keyboard: bool,
     pub reports: VecDeque<[u8; 8]>,
+    /// Bus resets seen.
+    pub resets: u32,
 }
 
 impl FakeStick {
@@ -204,6 +206,7 @@ impl FakeStick {
             clear_halt_seen: Vec::new(),
             keyboard: false,
             reports: VecDeque::new(),
+            resets: 0,
         }
     }
 
@@ -409,6 +412,19 @@ impl FakeHc {
         if let Some((id, _)) = self.devices.remove(&port) {
             let _ = self.release_device(id);
         }
+    }
+
+    /// A bus reset of the device on `port` followed by a fresh enumeration (what usb-core's
+    /// `Bus::reset_device` does): its transfers complete with `NoDevice`, its protocol state is
+    /// back to idle (the disk stays), and it comes back under a new handle.
+    pub fn reset(&mut self, port: u8) -> Option<DeviceId> {
+        let (id, mut stick) = self.devices.remove(&port)?;
+        let _ = self.release_device(id);
+        stick.pending_in.clear();
+        stick.csw = None;
+        stick.write = None;
+        stick.resets += 1;
+        Some(self.plug(port, stick))
     }
 
     pub fn stick(&mut self, port: u8) -> &mut FakeStick {

@@ -36,6 +36,8 @@ pub struct World {
     pub server: Rc<RefCell<Server>>,
     pub be: Backend<RecHv, ClientStore<SimTransport>>,
     pub hc: FakeHc,
+    /// `run` performs the resets the backend asks for (on by default).
+    pub auto_reset: bool,
 }
 
 impl World {
@@ -64,6 +66,7 @@ impl World {
             server,
             be,
             hc: FakeHc::new(dma),
+            auto_reset: true,
         }
     }
 
@@ -84,6 +87,39 @@ impl World {
         };
         self.be.device_attached(&mut self.hc, dev).unwrap();
         id
+    }
+
+    /// Reset what the backend asks to reset (as `Backend::poll_bus` does with a usb-core bus).
+    pub fn do_resets(&mut self) {
+        for (path, id) in self.be.take_due_resets() {
+            let port = path.route().root_port;
+            let (old, stick) = self
+                .hc
+                .devices
+                .get(&port)
+                .expect("reset of an unplugged device");
+            assert_eq!(*old, id, "reset handed out for the current device");
+            let (speed, kbd) = (stick.speed, stick.keyboard);
+            let cfg =
+                usb_core::descriptor::Configuration::parse(&stick.config_descriptor()).unwrap();
+            let new = self.hc.reset(port).unwrap();
+            self.be.device_detached(&mut self.hc, path).unwrap();
+            let (vendor, product_id, product) = if kbd {
+                (0x0627, 0x0001, "QEMU USB Keyboard")
+            } else {
+                (fakehc::VID, fakehc::PID, "Fake Stick")
+            };
+            let dev = PhysDevice {
+                path,
+                device: new,
+                speed,
+                vendor,
+                product_id,
+                product: Some(product.into()),
+                config: Some(cfg),
+            };
+            self.be.device_attached(&mut self.hc, dev).unwrap();
+        }
     }
 
     pub fn unplug(&mut self, port: u8) {
@@ -187,6 +223,9 @@ impl World {
             }
             for f in fronts.iter_mut() {
                 f.poll();
+            }
+            if self.auto_reset {
+                self.do_resets();
             }
         }
         // Settled: the backend does not keep writing to xenstore in reaction to its own writes.

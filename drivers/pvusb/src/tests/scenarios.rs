@@ -1311,3 +1311,106 @@ fn log_lines_do_not_repeat_the_crate_name_of_their_target() {
         assert!(!m.starts_with("pvusb"), "{t}: {m}");
     }
 }
+
+/// The domU of the Xen tier, destroyed in the middle of a read: the stick is left with a
+/// half-done READ(10) (data and CSW still to come). The next frontend must get it reset, and
+/// must not see it before the reset.
+#[test]
+fn a_device_its_frontend_let_go_is_reset_before_the_next_frontend_sees_it() {
+    let (mut w, mut f) = connected(false, Speed::High);
+    w.auto_reset = false;
+    enumerate(&mut w, &mut f, 1, 5);
+    // A CBW for 8 blocks whose data the dying guest never fetches.
+    let (ci, cg) = f.page(true);
+    f.page_mem(ci).write_bytes(0, &cbw(60, true, 0, 8)).unwrap();
+    f.send(&request(
+        60,
+        bulk_pipe(1, 5, 2, false),
+        [0; 8],
+        &[(cg, 0, 31)],
+    ));
+    w.run(&mut [&mut f]);
+    assert_eq!(ok(&mut f, 60).actual_length, 31);
+    w.sim.destroy_domain(DomId(FE));
+    w.server.borrow_mut().remove_domain(FE);
+    w.run(&mut []);
+    assert!(w.be.frontends().is_empty());
+    let pending: Vec<String> = w.be.resets_pending().map(|p| p.to_string()).collect();
+    assert_eq!(pending, vec!["1-1".to_string()]);
+
+    // The next frontend claims it before the reset happened: not announced yet.
+    w.toolstack_create(7, 0, 2, 2);
+    let mut g = Frontend::new(&mut w, 7, 0);
+    w.assign(7, 0, 1, "1-1");
+    w.run(&mut [&mut g]);
+    assert_eq!(w.be_state(7, 0), Some(4));
+    assert!(
+        g.speeds.is_empty(),
+        "announced before its reset: {:?}",
+        g.speeds
+    );
+    assert_eq!(w.hc.stick(1).resets, 0);
+
+    // The owner resets it: announced, and it reads like a fresh device.
+    w.do_resets();
+    w.run(&mut [&mut g]);
+    assert_eq!(w.hc.stick(1).resets, 1);
+    assert_eq!(g.speeds.get(&1), Some(&UsbifSpeed::HIGH.0));
+    assert_eq!(w.be.resets_pending().count(), 0);
+    enumerate(&mut w, &mut g, 1, 3);
+    let data = bot_read(&mut w, &mut g, 1, 3, 7, 3, 80);
+    assert_eq!(data, disk(&mut w, 1, 7, 3));
+}
+
+#[test]
+fn detaching_resets_the_device_at_most_once_a_second() {
+    let (mut w, mut f) = connected(false, Speed::High);
+    w.auto_reset = false;
+    enumerate(&mut w, &mut f, 1, 5);
+    // Cleared: a reset is due at once.
+    w.assign(FE, 0, 1, "");
+    w.run(&mut [&mut f]);
+    assert_eq!(f.speeds.get(&1), Some(&0), "disconnect shown");
+    w.do_resets();
+    assert_eq!(w.hc.stick(1).resets, 1);
+    // Given back and taken away again at once: this reset waits for the interval.
+    w.assign(FE, 0, 1, "1-1");
+    w.run(&mut [&mut f]);
+    assert_eq!(f.speeds.get(&1), Some(&UsbifSpeed::HIGH.0));
+    w.assign(FE, 0, 1, "");
+    w.run(&mut [&mut f]);
+    w.do_resets();
+    assert_eq!(
+        w.hc.stick(1).resets,
+        1,
+        "no second reset within the interval"
+    );
+    // Meanwhile it is not announced, even to the frontend that just had it.
+    w.assign(FE, 0, 1, "1-1");
+    w.run(&mut [&mut f]);
+    assert_eq!(
+        f.speeds.get(&1),
+        Some(&0),
+        "announced while a reset is owed"
+    );
+    w.sim.advance_ns(crate::RESET_MIN_INTERVAL_NS);
+    w.do_resets();
+    w.run(&mut [&mut f]);
+    assert_eq!(w.hc.stick(1).resets, 2);
+    assert_eq!(f.speeds.get(&1), Some(&UsbifSpeed::HIGH.0));
+    enumerate(&mut w, &mut f, 1, 6);
+}
+
+#[test]
+fn a_device_no_frontend_used_is_not_reset() {
+    let mut w = World::new(false);
+    w.plug(1, Speed::High);
+    // Assigned to a controller whose frontend never connects, then cleared.
+    w.toolstack_create(FE, 0, 2, 2);
+    w.assign(FE, 0, 1, "1-1");
+    w.run(&mut []);
+    w.assign(FE, 0, 1, "");
+    w.run(&mut []);
+    assert_eq!(w.be.resets_pending().count(), 0);
+    assert_eq!(w.hc.stick(1).resets, 0);
+}

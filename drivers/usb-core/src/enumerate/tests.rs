@@ -182,3 +182,85 @@ fn port_events_arriving_during_enumeration_are_kept() {
     }
     assert_eq!(changes, vec![1, 2]);
 }
+
+#[test]
+fn reset_device_on_a_root_port_enumerates_it_afresh() {
+    let mut b = bus(2);
+    b.hc.plug(2, Some(SimDevice::qemu_storage(Speed::High)));
+    b.scan();
+    let old = b.registry.by_route(&Route::root(2)).unwrap().id;
+    // What a previous user left behind: another configuration selected.
+    b.hc.device_at(&Route::root(2)).unwrap().configuration = 0;
+    let resets_before = b.hc.device_at(&Route::root(2)).unwrap().resets;
+    let ev = b.reset_device(old);
+    assert!(
+        matches!(ev[..], [BusEvent::Detached(o, r), BusEvent::Attached(_)] if o == old && r == Route::root(2)),
+        "{ev:?}"
+    );
+    let d = b.hc.device_at(&Route::root(2)).unwrap();
+    assert_eq!(d.resets, resets_before + 1, "the port was reset");
+    assert_eq!(d.configuration, 1, "configured again");
+    assert_ne!(d.address, 0, "addressed again");
+    let new = b.registry.by_route(&Route::root(2)).unwrap();
+    assert_eq!(new.descriptor.vendor, 0x46f4);
+    assert_eq!(b.registry.len(), 1);
+    assert_eq!(b.hc.slots_in_use(), 1, "the old slot was released");
+    // An unknown device: nothing happens.
+    assert!(b.reset_device(DeviceId(200)).is_empty());
+    assert_eq!(b.registry.len(), 1);
+}
+
+#[test]
+fn reset_device_behind_a_hub_resets_only_that_hub_port() {
+    let mut b = bus(1);
+    let mut hub = SimDevice::hub(4);
+    hub.hub.as_mut().unwrap().ports[1].device = Some(SimDevice::qemu_keyboard());
+    hub.hub.as_mut().unwrap().ports[3].device = Some(SimDevice::qemu_storage(Speed::High));
+    b.hc.plug(1, Some(hub));
+    b.scan();
+    let hub_id = b.registry.by_route(&Route::root(1)).unwrap().id;
+    let st_route = Route::root(1).child(4).unwrap();
+    let kbd_route = Route::root(1).child(2).unwrap();
+    let st = b.registry.by_route(&st_route).unwrap().id;
+    let kbd = b.registry.by_route(&kbd_route).unwrap().id;
+    let ev = b.reset_device(st);
+    assert!(
+        matches!(ev[..], [BusEvent::Detached(o, r), BusEvent::Attached(_)] if o == st && r == st_route),
+        "{ev:?}"
+    );
+    let new = b.registry.by_route(&st_route).unwrap();
+    assert_eq!(new.parent, Some(hub_id));
+    assert_eq!(
+        b.hc.device_at(&st_route).unwrap().resets,
+        2,
+        "enumeration, then the reset"
+    );
+    assert_eq!(
+        b.hc.device_at(&kbd_route).unwrap().resets,
+        1,
+        "enumeration only"
+    );
+    assert_eq!(
+        b.registry.by_route(&kbd_route).unwrap().id,
+        kbd,
+        "the keyboard is untouched"
+    );
+    assert_eq!(b.registry.len(), 3);
+    assert_eq!(b.hc.slots_in_use(), 3);
+}
+
+#[test]
+fn reset_device_that_no_longer_answers_fails_and_disables_the_port() {
+    let mut b = bus(1);
+    b.hc.plug(1, Some(SimDevice::qemu_storage(Speed::High)));
+    b.scan();
+    let id = b.registry.by_route(&Route::root(1)).unwrap().id;
+    b.hc.device_at(&Route::root(1)).unwrap().fault = Fault::StallControlAfter(0);
+    let ev = b.reset_device(id);
+    assert!(
+        matches!(ev[..], [BusEvent::Detached(o, _), BusEvent::Failed(r, _)] if o == id && r == Route::root(1)),
+        "{ev:?}"
+    );
+    assert!(b.registry.is_empty());
+    assert_eq!(b.hc.slots_in_use(), 0);
+}
