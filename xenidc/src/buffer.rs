@@ -22,7 +22,10 @@
 use crate::abi::grant::GntStatus;
 use crate::abi::usbif::RequestSegment;
 use crate::abi::{DomId, GrantRef, PAGE_SIZE};
-use crate::hypervisor::{CopyOp, CopyPtr, Hypervisor, LocalPage, Mapping, XenError};
+use crate::hypervisor::{
+    CopyOp, CopyPtr, Hypervisor, LocalPage, MapRequest, MapResult, Mapping, XenCode, XenError,
+    XenOp,
+};
 use crate::shm::{SharedMem, ShmError};
 use alloc::vec::Vec;
 use core::fmt;
@@ -257,6 +260,9 @@ pub struct Mapper<H: Hypervisor> {
     bounce: Vec<LocalPage<H::Page>>,
     free_bounce: Vec<u16>,
     copy_ops: Vec<CopyOp>,
+    /// Reused by [`Mapper::map`] and the releases, so the data path does not allocate.
+    map_results: Vec<MapResult<H::Mem>>,
+    unmap_batch: Vec<Mapping<H::Mem>>,
 }
 
 impl<H: Hypervisor> Mapper<H> {
@@ -292,6 +298,8 @@ impl<H: Hypervisor> Mapper<H> {
             bounce,
             free_bounce: (0..bounce_pages as u16).rev().collect(),
             copy_ops: Vec::with_capacity(MAX_SEGMENTS),
+            map_results: Vec::with_capacity(MAX_SEGMENTS),
+            unmap_batch: Vec::with_capacity(MAX_SEGMENTS),
         })
     }
 
@@ -311,8 +319,9 @@ impl<H: Hypervisor> Mapper<H> {
         Ok(())
     }
 
-    /// Grant-map every segment of `rb` (read-only for [`Direction::ToDevice`]). On failure nothing
-    /// stays mapped.
+    /// Grant-map every segment of `rb` (read-only for [`Direction::ToDevice`]) with one batched
+    /// map call. On failure nothing stays mapped: the segments that did map are unmapped again in
+    /// one batch, and the first failed segment is reported.
     pub fn map(&mut self, hv: &mut H, rb: &RemoteBuffer) -> Result<LocalBuffer, BufferError> {
         let n = rb.segs.len();
         if n > self.free_maps.len() {
@@ -322,6 +331,17 @@ impl<H: Hypervisor> Mapper<H> {
             });
         }
         let readonly = rb.dir == Direction::ToDevice;
+        let mut reqs: heapless::Vec<MapRequest, MAX_SEGMENTS> = heapless::Vec::new();
+        for s in rb.segs.iter() {
+            // Cannot fail: a RemoteBuffer has at most MAX_SEGMENTS segments.
+            let _ = reqs.push(MapRequest {
+                dom: rb.dom,
+                gref: s.gref,
+                readonly,
+            });
+        }
+        self.map_results.clear();
+        hv.map_grants(&reqs, &mut self.map_results);
         let mut buf = LocalBuffer {
             owner: self.id,
             kind: Kind::Mapped,
@@ -329,9 +349,11 @@ impl<H: Hypervisor> Mapper<H> {
             len: rb.len,
             parts: heapless::Vec::new(),
         };
-        for (index, s) in rb.segs.iter().enumerate() {
-            match hv.map_grant(rb.dom, s.gref, readonly) {
-                Ok(m) => {
+        let mut failed = None;
+        let mut results = core::mem::take(&mut self.map_results);
+        for (index, r) in results.drain(..).enumerate() {
+            match (r, rb.segs.get(index)) {
+                (Ok(m), Some(s)) if failed.is_none() => {
                     let slot = self.free_maps.pop().expect("checked above");
                     self.maps[slot as usize] = Some(m);
                     let _ = buf.parts.push(Part {
@@ -341,12 +363,14 @@ impl<H: Hypervisor> Mapper<H> {
                         gref: s.gref,
                     });
                 }
-                Err(e) => {
-                    let _ = self.release(hv, buf);
-                    return Err(match e.code {
-                        crate::hypervisor::XenCode::Grant(status) => BufferError::Grant {
+                // After a failure (or beyond the request, from a misbehaving implementation):
+                // not kept; unmapped with the others below.
+                (Ok(m), _) => self.unmap_batch.push(m),
+                (Err(e), _) => {
+                    failed.get_or_insert(match e.code {
+                        XenCode::Grant(status) => BufferError::Grant {
                             index,
-                            gref: s.gref,
+                            gref: rb.segs.get(index).map_or(GrantRef(0), |s| s.gref),
                             status,
                         },
                         _ => BufferError::Xen(e),
@@ -354,7 +378,36 @@ impl<H: Hypervisor> Mapper<H> {
                 }
             }
         }
-        Ok(buf)
+        self.map_results = results;
+        if failed.is_none() && buf.parts.len() != n {
+            // The hypervisor answered fewer requests than it was given.
+            failed = Some(BufferError::Xen(XenError::errno(
+                XenOp::GrantMap {
+                    dom: rb.dom,
+                    gref: rb.segs[buf.parts.len()].gref,
+                    readonly,
+                },
+                crate::abi::errno::EINVAL,
+            )));
+        }
+        match failed {
+            None => Ok(buf),
+            Some(e) => {
+                self.take_mappings(&buf);
+                let _ = hv.unmap_grants(self.unmap_batch.drain(..));
+                Err(e)
+            }
+        }
+    }
+
+    /// Move the mappings of `buf`'s pieces into `unmap_batch` and free their slots.
+    fn take_mappings(&mut self, buf: &LocalBuffer) {
+        for p in buf.parts.iter() {
+            if let Some(m) = self.maps[p.slot as usize].take() {
+                self.unmap_batch.push(m);
+                self.free_maps.push(p.slot);
+            }
+        }
     }
 
     /// Reserve one bounce page per segment of `rb` (same in-page offsets, so the pieces have the
@@ -521,37 +574,37 @@ impl<H: Hypervisor> Mapper<H> {
         })
     }
 
-    /// Give a buffer back: unmap its segments or free its bounce pages. Call before responding.
-    /// Every piece is released even if some unmap fails; the first error is returned.
+    /// Give a buffer back: unmap its segments (one batched unmap call) or free its bounce pages.
+    /// Call before responding. Every piece is released even if some unmap fails; the first error
+    /// is returned.
     pub fn release(&mut self, hv: &mut H, buf: LocalBuffer) -> Result<(), BufferError> {
         self.check_owner(&buf)?;
-        let mut first_err = None;
-        for p in buf.parts.iter() {
-            match buf.kind {
-                Kind::Mapped => {
-                    if let Some(m) = self.maps[p.slot as usize].take() {
-                        if let Err(e) = hv.unmap_grant(m) {
-                            first_err.get_or_insert(BufferError::Xen(e));
-                        }
-                        self.free_maps.push(p.slot);
-                    }
+        match buf.kind {
+            Kind::Mapped => {
+                self.take_mappings(&buf);
+                if self.unmap_batch.is_empty() {
+                    return Ok(());
                 }
-                Kind::Bounced => self.free_bounce.push(p.slot),
+                hv.unmap_grants(self.unmap_batch.drain(..))
+                    .map_err(BufferError::Xen)
+            }
+            Kind::Bounced => {
+                for p in buf.parts.iter() {
+                    self.free_bounce.push(p.slot);
+                }
+                Ok(())
             }
         }
-        first_err.map_or(Ok(()), Err)
     }
 
-    /// The connection is going away: unmap every mapping still held and free the bounce pages.
-    /// Returns the number of mappings that were still held. Outstanding [`LocalBuffer`]s of this
-    /// mapper become invalid (their use returns [`BufferError::WrongMapper`]).
+    /// The connection is going away: unmap every mapping still held (batched) and free the
+    /// bounce pages. Returns the number of mappings that were still held. Outstanding
+    /// [`LocalBuffer`]s of this mapper become invalid (their use returns
+    /// [`BufferError::WrongMapper`]).
     pub fn teardown(mut self, hv: &mut H) -> usize {
-        let mut n = 0;
-        for slot in self.maps.iter_mut() {
-            if let Some(m) = slot.take() {
-                let _ = hv.unmap_grant(m);
-                n += 1;
-            }
+        let n = self.maps.iter().filter(|m| m.is_some()).count();
+        if n > 0 {
+            let _ = hv.unmap_grants(self.maps.iter_mut().filter_map(Option::take));
         }
         for p in self.bounce.drain(..) {
             hv.free_page(p);
@@ -577,5 +630,162 @@ impl<M: SharedMem> SharedMemDyn for M {
     }
     fn dyn_write(&self, at: usize, src: &[u8]) -> Result<(), ShmError> {
         self.write_bytes(at, src)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{Sim, SimDomain};
+
+    const FE: DomId = DomId(2);
+    const BE: DomId = DomId(1);
+
+    fn seg(gref: GrantRef, offset: u16, length: u16) -> RequestSegment {
+        RequestSegment {
+            gref,
+            offset,
+            length,
+        }
+    }
+
+    /// Frontend pages granted to the backend; page i holds byte i + 1.
+    fn granted(fe: &mut SimDomain, n: usize, readonly: bool) -> Vec<GrantRef> {
+        (0..n)
+            .map(|i| {
+                let p = fe.alloc_page().unwrap();
+                p.mem.fill(0, PAGE_SIZE, i as u8 + 1).unwrap();
+                fe.grant_access(p.frame, BE, readonly).unwrap()
+            })
+            .collect()
+    }
+
+    fn setup() -> (Sim, SimDomain, SimDomain) {
+        let sim = Sim::new();
+        let be = sim.add_domain(BE);
+        let fe = sim.add_domain(FE);
+        (sim, be, fe)
+    }
+
+    #[test]
+    fn a_request_is_mapped_and_released_with_one_call_each() {
+        let (sim, mut be, mut fe) = setup();
+        let grefs = granted(&mut fe, MAX_SEGMENTS, false);
+        let segs: Vec<_> = grefs.iter().map(|g| seg(*g, 0, 512)).collect();
+        let rb = RemoteBuffer::new(FE, Direction::FromDevice, &segs, 512 * 16).unwrap();
+        let mut mapper = Mapper::new(&mut be, FE, 32, 0).unwrap();
+        let lb = mapper.map(&mut be, &rb).unwrap();
+        let s = be.stats();
+        assert_eq!((s.map_calls, s.maps_total, s.foreign_maps), (1, 16, 16));
+        // Each piece is its own page, in order.
+        let mut b = [0u8; 1];
+        for i in 0..MAX_SEGMENTS {
+            mapper.read(&lb, i * 512, &mut b).unwrap();
+            assert_eq!(b[0], i as u8 + 1);
+        }
+        assert_eq!(sim.stats(FE).grants_mapped_by_others, 16);
+        mapper.release(&mut be, lb).unwrap();
+        let s = be.stats();
+        assert_eq!((s.unmap_calls, s.unmaps_total, s.foreign_maps), (1, 16, 0));
+        assert_eq!(sim.stats(FE).grants_mapped_by_others, 0);
+        assert_eq!(mapper.mapped_now(), 0);
+    }
+
+    #[test]
+    fn one_bad_grant_among_good_ones_leaves_nothing_mapped() {
+        let (sim, mut be, mut fe) = setup();
+        let good = granted(&mut fe, 3, false);
+        let bad = GrantRef(1500);
+        let segs = [
+            seg(good[0], 0, 8),
+            seg(bad, 0, 8),
+            seg(good[1], 0, 8),
+            seg(good[2], 0, 8),
+        ];
+        let rb = RemoteBuffer::new(FE, Direction::FromDevice, &segs, 32).unwrap();
+        let mut mapper = Mapper::new(&mut be, FE, 4, 0).unwrap();
+        let e = mapper.map(&mut be, &rb).unwrap_err();
+        assert_eq!(
+            e,
+            BufferError::Grant {
+                index: 1,
+                gref: bad,
+                status: GntStatus::GENERAL_ERROR
+            }
+        );
+        assert!(e.is_peer_error());
+        let s = be.stats();
+        // One batch to map (three succeed, one fails), one batch to undo the three.
+        assert_eq!((s.map_calls, s.maps_total, s.map_failures), (1, 3, 1));
+        assert_eq!((s.unmap_calls, s.unmaps_total, s.foreign_maps), (1, 3, 0));
+        assert_eq!(sim.stats(FE).grants_mapped_by_others, 0);
+        assert_eq!(mapper.mapped_now(), 0);
+        // Every slot is free again: a good 4-segment buffer fits into the 4 slots.
+        let segs: Vec<_> = [good[0], good[1], good[2], good[0]]
+            .iter()
+            .map(|g| seg(*g, 0, 8))
+            .collect();
+        let rb = RemoteBuffer::new(FE, Direction::FromDevice, &segs, 32).unwrap();
+        let lb = mapper.map(&mut be, &rb).unwrap();
+        assert_eq!(mapper.mapped_now(), 4);
+        mapper.release(&mut be, lb).unwrap();
+        assert_eq!(be.stats().foreign_maps, 0);
+    }
+
+    #[test]
+    fn a_read_only_grant_mapped_for_writing_fails_its_batch_cleanly() {
+        let (sim, mut be, mut fe) = setup();
+        let rw = granted(&mut fe, 1, false);
+        let ro = granted(&mut fe, 1, true);
+        // An IN transfer writes the peer's pages: the read-only grant is refused.
+        let segs = [seg(rw[0], 0, 8), seg(ro[0], 0, 8)];
+        let rb = RemoteBuffer::new(FE, Direction::FromDevice, &segs, 16).unwrap();
+        let mut mapper = Mapper::new(&mut be, FE, 4, 0).unwrap();
+        let e = mapper.map(&mut be, &rb).unwrap_err();
+        assert!(matches!(e, BufferError::Grant { index: 1, gref, .. } if gref == ro[0]));
+        assert_eq!(be.stats().foreign_maps, 0);
+        assert_eq!(sim.stats(FE).grants_mapped_by_others, 0);
+        // The same segments for an OUT transfer (read-only maps) are fine.
+        let rb = RemoteBuffer::new(FE, Direction::ToDevice, &segs, 16).unwrap();
+        let lb = mapper.map(&mut be, &rb).unwrap();
+        assert!(mapper.write(&lb, 0, &[1]).is_err(), "read-only mapping");
+        mapper.release(&mut be, lb).unwrap();
+    }
+
+    #[test]
+    fn teardown_unmaps_everything_still_held_in_one_call() {
+        let (sim, mut be, mut fe) = setup();
+        let grefs = granted(&mut fe, 6, false);
+        let mut mapper = Mapper::new(&mut be, FE, 16, 2).unwrap();
+        let mut held = Vec::new();
+        for c in grefs.chunks(3) {
+            let segs: Vec<_> = c.iter().map(|g| seg(*g, 0, 4)).collect();
+            let rb = RemoteBuffer::new(FE, Direction::FromDevice, &segs, 12).unwrap();
+            held.push(mapper.map(&mut be, &rb).unwrap());
+        }
+        let before = be.stats().unmap_calls;
+        assert_eq!(mapper.teardown(&mut be), 6);
+        let s = be.stats();
+        assert_eq!((s.unmap_calls - before, s.foreign_maps, s.pages), (1, 0, 0));
+        assert_eq!(sim.stats(FE).grants_mapped_by_others, 0);
+        drop(held);
+    }
+
+    #[test]
+    fn releasing_a_bounced_buffer_makes_no_grant_call() {
+        let (_sim, mut be, mut fe) = setup();
+        let grefs = granted(&mut fe, 2, false);
+        let segs = [seg(grefs[0], 0, 8), seg(grefs[1], 0, 8)];
+        let rb = RemoteBuffer::new(FE, Direction::ToDevice, &segs, 16).unwrap();
+        let mut mapper = Mapper::new(&mut be, FE, 4, 2).unwrap();
+        let lb = mapper.bounce(&rb).unwrap();
+        mapper.copy_in(&mut be, &lb).unwrap();
+        let mut b = [0u8; 1];
+        mapper.read(&lb, 8, &mut b).unwrap();
+        assert_eq!(b[0], 2);
+        mapper.release(&mut be, lb).unwrap();
+        let s = be.stats();
+        assert_eq!((s.map_calls, s.unmap_calls, s.copies_total), (0, 0, 2));
+        assert_eq!(mapper.bounce_in_use(), 0);
     }
 }

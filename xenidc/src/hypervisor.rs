@@ -11,6 +11,7 @@
 use crate::abi::grant::GntStatus;
 use crate::abi::{DomId, GrantHandle, GrantRef, Port};
 use crate::shm::SharedMem;
+use alloc::vec::Vec;
 use core::fmt;
 
 /// The operation that failed, with the arguments that identify it.
@@ -112,6 +113,17 @@ pub struct Mapping<M> {
     pub readonly: bool,
 }
 
+/// One grant to map with [`Hypervisor::map_grants`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapRequest {
+    pub dom: DomId,
+    pub gref: GrantRef,
+    pub readonly: bool,
+}
+
+/// The outcome of one [`MapRequest`].
+pub type MapResult<M> = Result<Mapping<M>, XenError>;
+
 /// One of our own pages, suitable for granting to a peer and for DMA.
 #[derive(Debug)]
 pub struct LocalPage<P> {
@@ -175,6 +187,34 @@ pub trait Hypervisor {
 
     /// Unmap a mapping made by [`Hypervisor::map_grant`].
     fn unmap_grant(&mut self, mapping: Mapping<Self::Mem>) -> Result<(), XenError>;
+
+    /// Map a batch of grants (`GNTTABOP_map_grant_ref` with a count, as few hypercalls as the
+    /// implementation's batch bound allows). Appends exactly one result per request to `out`, in
+    /// order. Each entry succeeds or fails on its own, with the rules of
+    /// [`Hypervisor::map_grant`]; the caller owns the successful mappings, also when others
+    /// failed. The default maps one grant per call.
+    fn map_grants(&mut self, reqs: &[MapRequest], out: &mut Vec<MapResult<Self::Mem>>) {
+        for r in reqs {
+            out.push(self.map_grant(r.dom, r.gref, r.readonly));
+        }
+    }
+
+    /// Unmap a batch of mappings (`GNTTABOP_unmap_grant_ref` with a count). Every mapping is
+    /// consumed and unmapped on its own, with the rules of [`Hypervisor::unmap_grant`], also when
+    /// others fail; the first failure is returned. The default unmaps one per call.
+    fn unmap_grants<I>(&mut self, mappings: I) -> Result<(), XenError>
+    where
+        I: IntoIterator<Item = Mapping<Self::Mem>>,
+        Self: Sized,
+    {
+        let mut first = None;
+        for m in mappings {
+            if let Err(e) = self.unmap_grant(m) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
 
     /// Run a batch of grant copies. The call fails as a whole only if the hypercall itself fails;
     /// otherwise each operation's `status` says whether it was done.

@@ -10,8 +10,9 @@
 use alloc::rc::Rc;
 use core::cell::RefCell;
 
+use alloc::vec::Vec;
 use xenidc::abi::{DomId, GrantRef, Port};
-use xenidc::hypervisor::{CopyOp, Hypervisor, LocalPage, Mapping, XenError};
+use xenidc::hypervisor::{CopyOp, Hypervisor, LocalPage, MapRequest, MapResult, Mapping, XenError};
 
 /// A [`Hypervisor`] that lives inside shared state `T`.
 pub struct SharedHv<T, H: Hypervisor> {
@@ -61,6 +62,15 @@ impl<T, H: Hypervisor> Hypervisor for SharedHv<T, H> {
     }
     fn unmap_grant(&mut self, mapping: Mapping<H::Mem>) -> Result<(), XenError> {
         self.with(|h| h.unmap_grant(mapping))
+    }
+    fn map_grants(&mut self, reqs: &[MapRequest], out: &mut Vec<MapResult<H::Mem>>) {
+        self.with(|h| h.map_grants(reqs, out))
+    }
+    fn unmap_grants<I>(&mut self, mappings: I) -> Result<(), XenError>
+    where
+        I: IntoIterator<Item = Mapping<H::Mem>>,
+    {
+        self.with(|h| h.unmap_grants(mappings))
     }
     fn grant_copy(&mut self, ops: &mut [CopyOp]) -> Result<(), XenError> {
         self.with(|h| h.grant_copy(ops))
@@ -165,5 +175,40 @@ mod tests {
         assert_eq!(hv.xenstore_port(), Port(1));
         assert_eq!(hv.now_ns(), sim.now_ns());
         assert_eq!(ctx.borrow().other_users, 1);
+    }
+
+    #[test]
+    fn batches_reach_the_shared_hypervisor_as_one_call_each() {
+        let sim = Sim::new();
+        let mut fe = sim.add_domain(DomId(5));
+        let ctx = Rc::new(RefCell::new(Ctx {
+            hv: sim.add_domain(DomId(1)),
+            other_users: 0,
+        }));
+        let mut hv = SharedHv::new(
+            ctx.clone(),
+            |c| &c.hv,
+            |c| &mut c.hv,
+            HostMem::page(),
+            Port(1),
+        );
+        let reqs: Vec<MapRequest> = (0..3)
+            .map(|_| {
+                let p = fe.alloc_page().unwrap();
+                MapRequest {
+                    dom: DomId(5),
+                    gref: fe.grant_access(p.frame, DomId(1), false).unwrap(),
+                    readonly: false,
+                }
+            })
+            .collect();
+        let mut out = Vec::new();
+        hv.map_grants(&reqs, &mut out);
+        let maps: Vec<_> = out.into_iter().map(Result::unwrap).collect();
+        assert_eq!(maps.len(), 3);
+        hv.unmap_grants(maps).unwrap();
+        let s = sim.stats(DomId(1));
+        assert_eq!((s.map_calls, s.unmap_calls), (1, 1));
+        assert_eq!((s.maps_total, s.unmaps_total, s.foreign_maps), (3, 3, 0));
     }
 }

@@ -15,7 +15,8 @@
 //!   a pluggable [`XenstoreService`] (the simulated xenstore server of `crate::xenstore`).
 //!
 //! Counters ([`DomStats`]) let tests prove that a connection torn down at any moment leaves no
-//! grants mapped, no pages granted and no ports open.
+//! grants mapped, no pages granted and no ports open, and that grant maps and unmaps are batched
+//! (a [`Hypervisor::map_grants`]/[`Hypervisor::unmap_grants`] batch counts as one hypercall).
 //!
 //! The simulation is single-threaded and deterministic: [`Hypervisor::block`] never waits; it
 //! advances the virtual clock to the deadline when nothing is pending.
@@ -23,7 +24,9 @@
 use crate::abi::errno;
 use crate::abi::grant::GntStatus;
 use crate::abi::{DomId, GrantHandle, GrantRef, Port, PAGE_SIZE};
-use crate::hypervisor::{CopyOp, CopyPtr, Hypervisor, LocalPage, Mapping, XenError, XenOp};
+use crate::hypervisor::{
+    CopyOp, CopyPtr, Hypervisor, LocalPage, MapRequest, MapResult, Mapping, XenError, XenOp,
+};
 use crate::shm::{HostMem, SharedMem};
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
@@ -75,6 +78,9 @@ pub struct DomStats {
     pub copies_total: u64,
     pub sends_total: u64,
     pub map_failures: u64,
+    /// Simulated map and unmap hypercalls (a batch is one call, as on Xen).
+    pub map_calls: u64,
+    pub unmap_calls: u64,
 }
 
 /// The simulated xenstore server, plugged in with [`Sim::set_xenstore_service`]
@@ -446,56 +452,71 @@ impl Hypervisor for SimDomain {
             readonly,
         };
         self.with(op, |w, me| {
-            let page = match w.check_grant(me, dom, gref, !readonly) {
-                Ok(p) => p,
-                Err(s) => {
-                    w.dom(me).unwrap().stats.map_failures += 1;
-                    return Err(XenError::grant(op, s));
-                }
-            };
-            let d = w.dom(me).unwrap();
-            if d.maps.len() as u32 >= d.cfg.max_maps {
-                d.stats.map_failures += 1;
-                return Err(XenError::grant(op, GntStatus::NO_SPACE));
-            }
-            let handle = d.next_handle;
-            d.next_handle = d.next_handle.wrapping_add(1).max(1);
-            d.maps.insert(handle, MapRecord { granter: dom, gref });
-            d.stats.maps_total += 1;
-            let g = w.doms.get_mut(&dom.0).unwrap();
-            let e = g.grants[gref.0 as usize].as_mut().unwrap();
-            e.maps += 1;
-            let bus_addr = e.frame << 12;
-            let mem = if readonly { page.read_only() } else { page };
-            Ok(Mapping {
-                mem,
-                handle: GrantHandle(handle),
-                bus_addr,
-                dom,
-                gref,
-                readonly,
-            })
+            w.dom(me).unwrap().stats.map_calls += 1;
+            map_one(w, me, dom, gref, readonly)
         })
     }
 
     fn unmap_grant(&mut self, mapping: Mapping<HostMem>) -> Result<(), XenError> {
-        let op = XenOp::GrantUnmap {
-            handle: mapping.handle,
-        };
+        self.unmap_grants(core::iter::once(mapping))
+    }
+
+    /// One simulated hypercall for the whole batch (counted in [`DomStats::map_calls`]); each
+    /// entry is checked on its own, as Xen does.
+    fn map_grants(&mut self, reqs: &[MapRequest], out: &mut Vec<MapResult<HostMem>>) {
         let mut w = self.sim.world.borrow_mut();
-        // A dead domain's mappings were already released; unmapping is then a no-op.
-        let Some(d) = w.doms.get_mut(&self.id.0) else {
-            return Err(XenError::errno(op, errno::ESRCH));
-        };
-        if !d.alive {
-            return Ok(());
+        let me = self.id;
+        match w.dom(me) {
+            Some(d) => d.stats.map_calls += 1,
+            None => {
+                for r in reqs {
+                    let op = XenOp::GrantMap {
+                        dom: r.dom,
+                        gref: r.gref,
+                        readonly: r.readonly,
+                    };
+                    out.push(Err(XenError::errno(op, errno::ESRCH)));
+                }
+                return;
+            }
         }
-        let Some(rec) = d.maps.remove(&mapping.handle.0) else {
-            return Err(XenError::grant(op, GntStatus::BAD_HANDLE));
-        };
-        d.stats.unmaps_total += 1;
-        w.release_mapping(rec.granter, rec.gref);
-        Ok(())
+        for r in reqs {
+            out.push(map_one(&mut w, me, r.dom, r.gref, r.readonly));
+        }
+    }
+
+    /// One simulated hypercall for the whole batch (counted in [`DomStats::unmap_calls`]).
+    fn unmap_grants<I>(&mut self, mappings: I) -> Result<(), XenError>
+    where
+        I: IntoIterator<Item = Mapping<HostMem>>,
+    {
+        let mut w = self.sim.world.borrow_mut();
+        let mut first = None;
+        let mut counted = false;
+        for mapping in mappings {
+            let op = XenOp::GrantUnmap {
+                handle: mapping.handle,
+            };
+            let Some(d) = w.doms.get_mut(&self.id.0) else {
+                first.get_or_insert(XenError::errno(op, errno::ESRCH));
+                continue;
+            };
+            // A dead domain's mappings were already released; unmapping is then a no-op.
+            if !d.alive {
+                continue;
+            }
+            if !counted {
+                d.stats.unmap_calls += 1;
+                counted = true;
+            }
+            let Some(rec) = d.maps.remove(&mapping.handle.0) else {
+                first.get_or_insert(XenError::grant(op, GntStatus::BAD_HANDLE));
+                continue;
+            };
+            d.stats.unmaps_total += 1;
+            w.release_mapping(rec.granter, rec.gref);
+        }
+        first.map_or(Ok(()), Err)
     }
 
     fn grant_copy(&mut self, ops: &mut [CopyOp]) -> Result<(), XenError> {
@@ -763,6 +784,50 @@ impl Hypervisor for SimDomain {
     fn xenstore_port(&self) -> Port {
         Port(1)
     }
+}
+
+/// Map `dom`'s grant `gref` for `me` (one entry of a map hypercall).
+fn map_one(
+    w: &mut World,
+    me: DomId,
+    dom: DomId,
+    gref: GrantRef,
+    readonly: bool,
+) -> MapResult<HostMem> {
+    let op = XenOp::GrantMap {
+        dom,
+        gref,
+        readonly,
+    };
+    let page = match w.check_grant(me, dom, gref, !readonly) {
+        Ok(p) => p,
+        Err(s) => {
+            w.dom(me).unwrap().stats.map_failures += 1;
+            return Err(XenError::grant(op, s));
+        }
+    };
+    let d = w.dom(me).unwrap();
+    if d.maps.len() as u32 >= d.cfg.max_maps {
+        d.stats.map_failures += 1;
+        return Err(XenError::grant(op, GntStatus::NO_SPACE));
+    }
+    let handle = d.next_handle;
+    d.next_handle = d.next_handle.wrapping_add(1).max(1);
+    d.maps.insert(handle, MapRecord { granter: dom, gref });
+    d.stats.maps_total += 1;
+    let g = w.doms.get_mut(&dom.0).unwrap();
+    let e = g.grants[gref.0 as usize].as_mut().unwrap();
+    e.maps += 1;
+    let bus_addr = e.frame << 12;
+    let mem = if readonly { page.read_only() } else { page };
+    Ok(Mapping {
+        mem,
+        handle: GrantHandle(handle),
+        bus_addr,
+        dom,
+        gref,
+        readonly,
+    })
 }
 
 fn copy_one(w: &mut World, me: DomId, op: &CopyOp, buf: &mut [u8; PAGE_SIZE]) -> GntStatus {

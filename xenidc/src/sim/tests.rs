@@ -466,3 +466,81 @@ mod grant_model {
         }
     }
 }
+
+#[test]
+fn batched_map_checks_each_entry_and_counts_one_call() {
+    let (sim, mut a, mut b) = two();
+    let p0 = a.alloc_page().unwrap();
+    let p1 = a.alloc_page().unwrap();
+    let g0 = a.grant_access(p0.frame, DomId(2), false).unwrap();
+    let ro = a.grant_access(p1.frame, DomId(2), true).unwrap();
+    let req = |gref, readonly| MapRequest {
+        dom: DomId(1),
+        gref,
+        readonly,
+    };
+    let mut out = Vec::new();
+    b.map_grants(
+        &[
+            req(g0, false),
+            req(ro, false),
+            req(GrantRef(5000), true),
+            req(ro, true),
+        ],
+        &mut out,
+    );
+    assert_eq!(out.len(), 4);
+    let s = sim.stats(DomId(2));
+    assert_eq!((s.map_calls, s.maps_total, s.map_failures), (1, 2, 2));
+    // The same rules as the single call, entry by entry.
+    assert_eq!(
+        code(*out[1].as_ref().unwrap_err()),
+        XenCode::Grant(GntStatus::GENERAL_ERROR)
+    );
+    assert_eq!(
+        code(*out[2].as_ref().unwrap_err()),
+        XenCode::Grant(GntStatus::BAD_GNTREF)
+    );
+    let maps: Vec<_> = out.into_iter().filter_map(Result::ok).collect();
+    assert_eq!(maps.len(), 2);
+    assert!(maps[1].mem.write_u8(0, 1).is_err(), "read-only map");
+    assert!(a.grant_in_use(g0) && a.grant_in_use(ro));
+    b.unmap_grants(maps).unwrap();
+    let s = sim.stats(DomId(2));
+    assert_eq!((s.unmap_calls, s.unmaps_total, s.foreign_maps), (1, 2, 0));
+    assert!(!a.grant_in_use(g0) && !a.grant_in_use(ro));
+}
+
+#[test]
+fn batched_unmap_goes_on_past_a_bad_handle_and_reports_it() {
+    let (sim, mut a, mut b) = two();
+    let p = a.alloc_page().unwrap();
+    let g = a.grant_access(p.frame, DomId(2), false).unwrap();
+    let m0 = b.map_grant(DomId(1), g, false).unwrap();
+    let m1 = b.map_grant(DomId(1), g, true).unwrap();
+    let bogus = Mapping {
+        mem: HostMem::page(),
+        handle: GrantHandle(9999),
+        bus_addr: 0,
+        dom: DomId(1),
+        gref: g,
+        readonly: false,
+    };
+    let e = b.unmap_grants([m0, bogus, m1]).unwrap_err();
+    assert_eq!(
+        e,
+        XenError::grant(
+            XenOp::GrantUnmap {
+                handle: GrantHandle(9999)
+            },
+            GntStatus::BAD_HANDLE
+        )
+    );
+    let s = sim.stats(DomId(2));
+    assert_eq!((s.map_calls, s.unmap_calls), (2, 1));
+    assert_eq!((s.unmaps_total, s.foreign_maps), (2, 0));
+    assert!(!a.grant_in_use(g));
+    // Nothing to unmap: no call.
+    b.unmap_grants(Vec::new()).unwrap();
+    assert_eq!(sim.stats(DomId(2)).unmap_calls, 1);
+}

@@ -17,7 +17,9 @@ use super::ops;
 use crate::abi::errno;
 use crate::abi::grant::{gntcopy, gntmap, GntStatus, GnttabCopy, MapGrantRef, UnmapGrantRef};
 use crate::abi::{grant, DomId, GrantHandle, GrantRef, Port, PAGE_SIZE};
-use crate::hypervisor::{CopyOp, CopyPtr, Hypervisor, LocalPage, Mapping, XenError, XenOp};
+use crate::hypervisor::{
+    CopyOp, CopyPtr, Hypervisor, LocalPage, MapRequest, MapResult, Mapping, XenError, XenOp,
+};
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 
@@ -52,6 +54,7 @@ pub struct XenHypervisor<E: PvEnv> {
     /// Ports this object allocated, bound or was told about: what `block` waits on and
     /// `take_pending` reports.
     ports: Vec<Port>,
+    stats: GrantStats,
 }
 
 impl<E: PvEnv> XenHypervisor<E> {
@@ -71,6 +74,7 @@ impl<E: PvEnv> XenHypervisor<E> {
             xs_page,
             xs_port,
             ports: alloc::vec![xs_port],
+            stats: GrantStats::default(),
         }
     }
 
@@ -101,6 +105,11 @@ impl<E: PvEnv> XenHypervisor<E> {
         let port = ops::evtchn_bind_pirq(pirq, will_share)?;
         self.watch_port(port);
         Ok(port)
+    }
+
+    /// Grant hypercalls made so far and the time spent in them.
+    pub fn grant_stats(&self) -> GrantStats {
+        self.stats
     }
 
     /// References left in our grant table.
@@ -144,6 +153,115 @@ fn copy_ptr(p: CopyPtr) -> (grant::CopyPtr, u16) {
 /// Grant copies per hypercall (the batch lives on the stack).
 const COPY_BATCH: usize = 16;
 
+/// Grant maps or unmaps per hypercall (the batch lives on the stack): one request's segments.
+const MAP_BATCH: usize = 16;
+
+const NO_MAP: MapGrantRef = MapGrantRef {
+    host_addr: 0,
+    flags: 0,
+    gref: GrantRef(0),
+    dom: DomId::SELF,
+    status: GntStatus::GENERAL_ERROR,
+    handle: GrantHandle(0),
+    dev_bus_addr: 0,
+};
+
+const NO_UNMAP: UnmapGrantRef = UnmapGrantRef {
+    host_addr: 0,
+    dev_bus_addr: 0,
+    handle: GrantHandle(0),
+    status: GntStatus::GENERAL_ERROR,
+    pad: [0; 2],
+};
+
+/// Grant hypercalls this object made and the Xen system time spent in them (for the loop's
+/// statistics line).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GrantStats {
+    pub map_calls: u64,
+    pub maps: u64,
+    pub map_ns: u64,
+    pub unmap_calls: u64,
+    pub unmaps: u64,
+    pub unmap_ns: u64,
+    pub copy_calls: u64,
+    pub copies: u64,
+    pub copy_ns: u64,
+}
+
+impl<E: PvEnv> XenHypervisor<E> {
+    /// Map up to [`MAP_BATCH`] grants with one hypercall; `push` gets one result per request, in
+    /// order (see [`Hypervisor::map_grants`]).
+    fn map_chunk(&mut self, chunk: &[MapRequest], push: &mut dyn FnMut(MapResult<XenMem>)) {
+        debug_assert!(chunk.len() <= MAP_BATCH, "callers chunk by MAP_BATCH");
+        let mut batch = [NO_MAP; MAP_BATCH];
+        // Position of each request of the chunk in `batch` (None: no slot for it).
+        let mut pos: [Option<usize>; MAP_BATCH] = [None; MAP_BATCH];
+        let mut n = 0;
+        for (i, r) in chunk.iter().enumerate() {
+            if let Some(slot) = self.env.reserve_map_slot() {
+                batch[n] = MapGrantRef {
+                    host_addr: slot.as_ptr() as u64,
+                    flags: gntmap::HOST_MAP | if r.readonly { gntmap::READONLY } else { 0 },
+                    gref: r.gref,
+                    dom: r.dom,
+                    status: GntStatus::GENERAL_ERROR,
+                    handle: GrantHandle(0),
+                    dev_bus_addr: 0,
+                };
+                pos[i] = Some(n);
+                n += 1;
+            }
+        }
+        let r = if n == 0 {
+            Ok(())
+        } else {
+            let t0 = self.env.now_ns();
+            // SAFETY: every `host_addr` is a slot reserved for grant mappings with nothing
+            // Rust uses there (`PvEnv::reserve_map_slot` contract).
+            let r = unsafe { ops::gnttab_map(&mut batch[..n]) };
+            self.stats.map_calls += 1;
+            self.stats.maps += n as u64;
+            self.stats.map_ns += self.env.now_ns().saturating_sub(t0);
+            r
+        };
+        for (i, req) in chunk.iter().enumerate() {
+            let op = XenOp::GrantMap {
+                dom: req.dom,
+                gref: req.gref,
+                readonly: req.readonly,
+            };
+            let Some(p) = pos[i] else {
+                push(Err(XenError::errno(op, errno::ENOMEM)));
+                continue;
+            };
+            let m = &batch[p];
+            let slot = NonNull::new(m.host_addr as *mut u8);
+            match (m.status.is_ok(), slot) {
+                (true, Some(slot)) => push(Ok(Mapping {
+                    // SAFETY: Xen mapped the granted page at `slot` (page-aligned, one
+                    // page); it stays mapped until `unmap_grants` consumes this mapping.
+                    mem: unsafe { XenMem::new(slot, PAGE_SIZE) },
+                    handle: m.handle,
+                    bus_addr: m.dev_bus_addr,
+                    dom: req.dom,
+                    gref: req.gref,
+                    readonly: req.readonly,
+                })),
+                (_, slot) => {
+                    if let Some(slot) = slot {
+                        self.env.release_map_slot(slot);
+                    }
+                    push(Err(match r {
+                        Err(e) => XenError::errno(op, e),
+                        Ok(()) => XenError::grant(op, m.status),
+                    }));
+                }
+            }
+        }
+    }
+}
+
 impl<E: PvEnv> Hypervisor for XenHypervisor<E> {
     type Mem = XenMem;
     type Page = XenMem;
@@ -154,68 +272,87 @@ impl<E: PvEnv> Hypervisor for XenHypervisor<E> {
         gref: GrantRef,
         readonly: bool,
     ) -> Result<Mapping<XenMem>, XenError> {
-        let op = XenOp::GrantMap {
+        let req = MapRequest {
             dom,
             gref,
             readonly,
         };
-        let slot = self
-            .env
-            .reserve_map_slot()
-            .ok_or(XenError::errno(op, errno::ENOMEM))?;
-        let mut m = [MapGrantRef {
-            host_addr: slot.as_ptr() as u64,
-            flags: gntmap::HOST_MAP | if readonly { gntmap::READONLY } else { 0 },
-            gref,
-            dom,
-            status: GntStatus::GENERAL_ERROR,
-            handle: GrantHandle(0),
-            dev_bus_addr: 0,
-        }];
-        // SAFETY: `slot` is an address reserved for grant mappings with nothing Rust uses there
-        // (`PvEnv::reserve_map_slot` contract).
-        let r = unsafe { ops::gnttab_map(&mut m) };
-        if let Err(e) = r {
-            self.env.release_map_slot(slot);
-            return Err(XenError::errno(op, e));
-        }
-        if !m[0].status.is_ok() {
-            self.env.release_map_slot(slot);
-            return Err(XenError::grant(op, m[0].status));
-        }
-        Ok(Mapping {
-            // SAFETY: Xen mapped the granted page at `slot` (page-aligned, one page); it stays
-            // mapped until `unmap_grant` consumes this mapping.
-            mem: unsafe { XenMem::new(slot, PAGE_SIZE) },
-            handle: m[0].handle,
-            bus_addr: m[0].dev_bus_addr,
-            dom,
-            gref,
-            readonly,
-        })
+        let mut res = Err(XenError::errno(
+            XenOp::GrantMap {
+                dom,
+                gref,
+                readonly,
+            },
+            errno::EINVAL,
+        ));
+        self.map_chunk(&[req], &mut |r| res = r);
+        res
     }
 
     fn unmap_grant(&mut self, mapping: Mapping<XenMem>) -> Result<(), XenError> {
-        let op = XenOp::GrantUnmap {
-            handle: mapping.handle,
-        };
-        let va = mapping.mem.addr();
-        let mut u = [UnmapGrantRef {
-            host_addr: va as u64,
-            dev_bus_addr: 0,
-            handle: mapping.handle,
-            status: GntStatus::GENERAL_ERROR,
-            pad: [0; 2],
-        }];
-        // SAFETY: the mapping is consumed here; its memory view is dropped with it.
-        unsafe { ops::gnttab_unmap(&mut u) }.map_err(|e| XenError::errno(op, e))?;
-        if !u[0].status.is_ok() {
-            return Err(XenError::grant(op, u[0].status));
+        self.unmap_grants(core::iter::once(mapping))
+    }
+
+    /// One `GNTTABOP_map_grant_ref` per [`MAP_BATCH`] requests. Each entry gets its own address
+    /// slot; an entry that fails (no slot, or a bad status) gives its slot back. If the hypercall
+    /// itself fails, the entries Xen finished before it stopped (status `GNTST_okay`) are still
+    /// mappings; the others fail with the hypercall's errno.
+    fn map_grants(&mut self, reqs: &[MapRequest], out: &mut Vec<MapResult<XenMem>>) {
+        for chunk in reqs.chunks(MAP_BATCH) {
+            self.map_chunk(chunk, &mut |r| out.push(r));
         }
-        if let Some(slot) = NonNull::new(va as *mut u8) {
-            self.env.release_map_slot(slot);
+    }
+
+    /// One `GNTTABOP_unmap_grant_ref` per [`MAP_BATCH`] mappings (Xen flushes the TLB once per
+    /// call). An entry whose unmap failed keeps its address slot (something may still be mapped
+    /// there); the others give theirs back.
+    fn unmap_grants<I>(&mut self, mappings: I) -> Result<(), XenError>
+    where
+        I: IntoIterator<Item = Mapping<XenMem>>,
+    {
+        let mut first = None;
+        let mut it = mappings.into_iter();
+        loop {
+            let mut batch = [NO_UNMAP; MAP_BATCH];
+            let mut n = 0;
+            for m in it.by_ref().take(MAP_BATCH) {
+                // The mapping's memory view is dropped here, before the page goes.
+                batch[n] = UnmapGrantRef {
+                    host_addr: m.mem.addr() as u64,
+                    dev_bus_addr: 0,
+                    handle: m.handle,
+                    status: GntStatus::GENERAL_ERROR,
+                    pad: [0; 2],
+                };
+                n += 1;
+            }
+            if n == 0 {
+                break;
+            }
+            let t0 = self.env.now_ns();
+            // SAFETY: the mappings were consumed above; no view of their pages remains.
+            let r = unsafe { ops::gnttab_unmap(&mut batch[..n]) };
+            self.stats.unmap_calls += 1;
+            self.stats.unmaps += n as u64;
+            self.stats.unmap_ns += self.env.now_ns().saturating_sub(t0);
+            for u in &batch[..n] {
+                if u.status.is_ok() {
+                    if let Some(slot) = NonNull::new(u.host_addr as *mut u8) {
+                        self.env.release_map_slot(slot);
+                    }
+                } else {
+                    let op = XenOp::GrantUnmap { handle: u.handle };
+                    first.get_or_insert(match r {
+                        Err(e) => XenError::errno(op, e),
+                        Ok(()) => XenError::grant(op, u.status),
+                    });
+                }
+            }
+            if n < MAP_BATCH {
+                break;
+            }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     fn grant_copy(&mut self, ops_in: &mut [CopyOp]) -> Result<(), XenError> {
@@ -248,10 +385,14 @@ impl<E: PvEnv> Hypervisor for XenHypervisor<E> {
                     | if dg == 1 { gntcopy::DEST_GREF } else { 0 };
             }
             let n = chunk.len();
+            let t0 = self.env.now_ns();
             // SAFETY: local frames named in copy ops are the caller's pages (from `alloc_page`);
             // Xen checks grant permissions for the foreign side.
-            unsafe { ops::gnttab_copy(&mut batch[..n]) }
-                .map_err(|e| XenError::errno(XenOp::GrantCopy, e))?;
+            let r = unsafe { ops::gnttab_copy(&mut batch[..n]) };
+            self.stats.copy_calls += 1;
+            self.stats.copies += n as u64;
+            self.stats.copy_ns += self.env.now_ns().saturating_sub(t0);
+            r.map_err(|e| XenError::errno(XenOp::GrantCopy, e))?;
             for (o, b) in chunk.iter_mut().zip(batch.iter()) {
                 o.status = b.status;
             }

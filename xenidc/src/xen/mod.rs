@@ -13,5 +13,5 @@ pub mod hypercall;
 pub mod mem;
 pub mod ops;
 
-pub use hv::{PvEnv, XenHypervisor};
+pub use hv::{GrantStats, PvEnv, XenHypervisor};
 pub use mem::XenMem;
