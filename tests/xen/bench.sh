@@ -2,8 +2,10 @@
 # Xen-tier benchmark (`cargo xtask bench`, xtask/src/bench_xen.rs), one boot, same QEMU devices:
 #   1. "direct": dom0 owns the xHCI itself (xhci-hcd/xhci-pci from /guest/, shipped by the host),
 #      reads the stick;
-#   2. the controller goes to xen-pciback, usbdom is created with it passed through (lib.sh
-#      xt_up), dom0 becomes the xen-hcd frontend ("usbdom"), reads the stick again.
+#   2. the controller goes to xen-pciback, usbdom is created with it passed through, dom0 becomes
+#      the xen-hcd frontend and reads the stick again: once with usbdom's grant-copy data path
+#      ("usbdom", usbdom.zero_copy=0), once more with a fresh usbdom on grant map ("usbmap",
+#      usbdom.zero_copy=1).
 # Per mode: sequential read of the whole stick (/guest/qd1 seq: 3 passes of 1 MiB O_DIRECT reads;
 # one dd bs=1M iflag=direct pass as a cross-check, timed by /proc/uptime) and QD1 4 KiB
 # random-read latency (/guest/qd1: 200 O_DIRECT preads, the same offsets in both modes).
@@ -43,6 +45,7 @@ measure() {
   else
     bfail $mode-dd "dd failed: $(tr '\n' ' ' < /tmp/seq.err)"
   fi
+  [ -n "$PAUSE" ] && sleep $PAUSE
   out=$(timeout 120 /guest/qd1 /dev/$DISK seq 3 2>&1)
   if [ $? = 0 ]; then
     xt "$mode: seq $out"
@@ -50,6 +53,7 @@ measure() {
   else
     bfail $mode-seq "qd1 seq: $out"
   fi
+  [ -n "$PAUSE" ] && sleep $PAUSE
   out=$(timeout 120 /guest/qd1 /dev/$DISK 200 42 2>&1)
   if [ $? = 0 ]; then
     xt "$mode: qd1 $out"
@@ -59,6 +63,7 @@ measure() {
   else
     bfail $mode-lat "qd1: $out"
   fi
+  [ -n "$PAUSE" ] && sleep $PAUSE
 }
 
 for m in usbcore usb-storage sd_mod; do timeout 30 modprobe $m || xt "modprobe $m failed"; done
@@ -80,45 +85,85 @@ timeout 30 rmmod xhci_pci || xt "rmmod xhci_pci failed"
 timeout 30 rmmod xhci_hcd || xt "rmmod xhci_hcd failed"
 wait_for 20 no_disk || bfail direct-release "a /dev/sd* is still there after rmmod xhci_pci"
 
-# 2. Through usbdom (its create and ready times are read by the host from the serial stamps).
-xt_up; rc=$?
-if [ $rc = 0 ]; then
-  M usbdom-domid "$(xlt domid "$XT_NAME")"
-  timeout 30 modprobe xen-hcd || bfail modprobe-xen-hcd "modprobe xen-hcd failed"
-  STICK=""
-  find_stick() {
-    STICK=$(timeout 10 usbdom list 2>/dev/null | awk '$2 == "46f4:0001" { print $1; exit }')
-    [ -n "$STICK" ]
-  }
-  wait_for 30 find_stick || bfail list "usbdom list shows no stick"
-  t0=$(uptime_s)
-  out=$(timeout 30 usbdom create-controller $FE --ports 1 --version 2 --wait 2>&1)
-  crc=$?
-  if [ $crc = 0 ]; then
-    M create-controller-to-connected-s "$(secs_since $t0)"
-    be=$(xenstore-read /local/domain/$FE/device/vusb/0/backend 2>/dev/null)
-    xt "backend $be state $(xenstore-read $be/state 2>/dev/null)"
-  else
-    bfail create-controller "rc=$crc: $out"
+# usbdom_start ZC: create usbdom with the controller (XT_BDF) and usbdom.zero_copy=ZC on its
+# command line (memory=$XT_MEM, retried once at 16), follow its console, wait for "usbdom: ready".
+# Returns like xt_up.
+usbdom_start() {
+  local cfg="pci=['$XT_BDF']
+extra='usbdom.zero_copy=$1'" rc
+  xt_follow "$XT_NAME"
+  xt_create "$XT_NAME" "${XT_MEM:-8}" "$cfg"; rc=$?
+  if [ $rc = 1 ] && [ "${XT_MEM:-8}" = 8 ]; then
+    xt "memory=8 did not start: retrying with memory=16"
+    xlt destroy "$XT_NAME" 2>/dev/null
+    XT_MEM=16
+    xt_create "$XT_NAME" 16 "$cfg"; rc=$?
   fi
-  if [ -n "$STICK" ] && [ $crc = 0 ]; then
+  [ $rc = 0 ] || return $rc
+  xt_wait_console "$XT_NAME" 'usbdom: ready' "${XT_READY_TIMEOUT:-90}" && { xt "usbdom ready"; return 0; }
+  xt "usbdom did not reach 'usbdom: ready'"
+  xt_diag
+  return 1
+}
+
+# via_usbdom MODE ZC NAME: usbdom with data path ZC (0 grant copy, 1 grant map), as domain NAME,
+# serves the stick to dom0 (xen-hcd frontend), which measures it as MODE; then usbdom shuts down.
+# Only the first run is named "usbdom": the host reads the create and ready times of that name.
+via_usbdom() {
+  local mode=$1 zc=$2 rc crc
+  XT_NAME=$3
+  local B="--backend $XT_NAME"
+  usbdom_start "$zc"; rc=$?
+  if [ $rc = 0 ]; then
+    M $mode-domid "$(xlt domid "$XT_NAME")"
+    STICK=""
+    find_stick() {
+      STICK=$(timeout 10 usbdom list $B 2>/dev/null | awk '$2 == "46f4:0001" { print $1; exit }')
+      [ -n "$STICK" ]
+    }
+    wait_for 30 find_stick || bfail $mode-list "usbdom list shows no stick"
     t0=$(uptime_s)
-    if timeout 30 usbdom attach $FE 1 "$STICK" --wait >/tmp/attach.out 2>&1 && wait_for 60 new_disk; then
-      M attach-to-disk-s "$(secs_since $t0)"
-      xt "usbdom: /dev/$DISK ($(cat /sys/block/$DISK/size) sectors)"
-      measure usbdom
+    out=$(timeout 30 usbdom create-controller $FE --ports 1 --version 2 --wait $B 2>&1)
+    crc=$?
+    if [ $crc = 0 ]; then
+      [ $mode = usbdom ] && M create-controller-to-connected-s "$(secs_since $t0)"
+      be=$(xenstore-read /local/domain/$FE/device/vusb/0/backend 2>/dev/null)
+      xt "backend $be state $(xenstore-read $be/state 2>/dev/null)"
     else
-      bfail usbdom-disk "attach or /dev/sdX failed: $(cat /tmp/attach.out)"
+      bfail $mode-create-controller "rc=$crc: $out"
     fi
-    timeout 30 usbdom detach $FE 1 >/dev/null 2>&1 || xt "detach failed"
-    wait_for 20 no_disk || xt "disk still present after detach"
+    if [ -n "$STICK" ] && [ $crc = 0 ]; then
+      t0=$(uptime_s)
+      if timeout 30 usbdom attach $FE 1 "$STICK" --wait $B >/tmp/attach.out 2>&1 && wait_for 60 new_disk; then
+        [ $mode = usbdom ] && M attach-to-disk-s "$(secs_since $t0)"
+        xt "$mode: /dev/$DISK ($(cat /sys/block/$DISK/size) sectors)"
+        # Pauses longer than usbdom's 10 s statistics window around the phases, so each of its
+        # statistics lines covers one phase only.
+        PAUSE=11 measure $mode
+      else
+        bfail $mode-disk "attach or /dev/sdX failed: $(cat /tmp/attach.out)"
+      fi
+      timeout 30 usbdom detach $FE 1 $B >/dev/null 2>&1 || xt "detach failed"
+      wait_for 20 no_disk || xt "disk still present after detach"
+    fi
+    [ $crc = 0 ] && { timeout 30 usbdom remove-controller $FE $B >/dev/null 2>&1 || xt "remove-controller failed"; }
+  else
+    bfail $mode-up "usbdom did not come up (rc=$rc)"
   fi
-  [ $crc = 0 ] && { timeout 30 usbdom remove-controller $FE >/dev/null 2>&1 || xt "remove-controller failed"; }
-  for m in usb-storage xen-hcd; do timeout 20 modprobe -r $m || xt "modprobe -r $m failed"; done
+  if [ $rc = 2 ]; then xt_unfollow; xt_dump "$XT_NAME"; exit 2; fi
+  xt_down || xt "usbdom shutdown was not clean"
+}
+
+# 2. Through usbdom, both data paths side by side: grant copy ("usbdom"; its create and ready times
+#    are read by the host from the serial stamps of this first run), then grant map ("usbmap").
+XT_BDF=$(xt_controller_bdf "${XT_PCI_ID:-1b36:000d}")
+if [ -n "$XT_BDF" ] && xt_assign "$XT_BDF"; then
+  timeout 30 modprobe xen-hcd || bfail modprobe-xen-hcd "modprobe xen-hcd failed"
+  via_usbdom usbdom 0 usbdom
+  via_usbdom usbmap 1 usbdom-map
 else
-  bfail usbdom-up "usbdom did not come up (xt_up rc=$rc)"
+  bfail usbdom-up "no USB host controller to assign ($XT_BDF)"
 fi
-if [ $rc = 2 ]; then xt_unfollow; xt_dump "$XT_NAME"; exit 2; fi
-xt_down || xt "usbdom shutdown was not clean"
+for m in usb-storage xen-hcd; do timeout 20 modprobe -r $m || xt "modprobe -r $m failed"; done
 xt "bench done: $fails failed"
 exit $fails

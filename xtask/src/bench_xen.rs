@@ -4,8 +4,11 @@
 //!
 //! dom0 runs `tests/xen/bench.sh`: first "direct" (dom0 loads `xhci-hcd`/`xhci-pci`, shipped in
 //! the run's initramfs from the host's module tree of the dom0 kernel), then it unloads them,
-//! hands the controller to usbdom (`xl pci=`), becomes its `xen-hcd` frontend ("usbdom") and
-//! measures again. Per mode: sequential read of the whole stick (`qd1 DEV seq 3`: 1 MiB O_DIRECT
+//! hands the controller to usbdom (`xl pci=`), becomes its `xen-hcd` frontend and measures again,
+//! twice, each time with a fresh usbdom: with the grant-copy data path (`usbdom.zero_copy=0`,
+//! "usbdom"/copy) and with grant map (`usbdom.zero_copy=1`, "usbmap"/map). usbdom's loop
+//! statistics lines (10 s windows; dom0 pauses 11 s between phases so each covers one phase) are
+//! printed after the table. Per mode: sequential read of the whole stick (`qd1 DEV seq 3`: 1 MiB O_DIRECT
 //! `pread`s, three passes, CLOCK_MONOTONIC; plain `dd bs=1M iflag=direct` is also run once as a
 //! cross-check, timed by /proc/uptime at 10 ms resolution) and QD1 4 KiB random-read latency (`qd1` below, a static C program: 200 O_DIRECT
 //! `pread`s at the same pseudo-random offsets in both modes, timed with CLOCK_MONOTONIC).
@@ -118,8 +121,23 @@ pub fn parse(lines: &[Line]) -> Outcome {
     o
 }
 
-/// One row of the side-by-side table: (label, direct, usbdom, ratio usbdom/direct).
-pub type Row = (String, Option<f64>, Option<f64>, Option<f64>);
+/// One row of the side-by-side table: label, then direct, usbdom with grant copy ("usbdom"),
+/// usbdom with grant map ("usbmap").
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub label: String,
+    pub direct: Option<f64>,
+    pub copy: Option<f64>,
+    pub map: Option<f64>,
+}
+
+/// `a / b` when both are there and `b > 0`.
+pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
 
 /// The side-by-side table.
 pub fn table(o: &Outcome) -> Vec<Row> {
@@ -131,15 +149,21 @@ pub fn table(o: &Outcome) -> Vec<Row> {
         ("QD1 4 KiB p90 us", "lat-p90-us"),
     ];
     rows.iter()
-        .map(|(label, key)| {
-            let d = o.get(&format!("direct-{key}"));
-            let u = o.get(&format!("usbdom-{key}"));
-            let ratio = match (d, u) {
-                (Some(d), Some(u)) if d > 0.0 => Some(u / d),
-                _ => None,
-            };
-            (label.to_string(), d, u, ratio)
+        .map(|(label, key)| Row {
+            label: label.to_string(),
+            direct: o.get(&format!("direct-{key}")),
+            copy: o.get(&format!("usbdom-{key}")),
+            map: o.get(&format!("usbmap-{key}")),
         })
+        .collect()
+}
+
+/// usbdom's loop statistics lines (from the live copy of its console), in order.
+pub fn loop_stats(lines: &[Line]) -> Vec<&str> {
+    lines
+        .iter()
+        .filter(|l| l.text.starts_with("U| ") && l.text.contains(" loop: "))
+        .map(|l| l.text[3..].trim())
         .collect()
 }
 
@@ -232,7 +256,7 @@ pub fn run(r: &mut Report) {
         name: "bench",
         monitor: None,
         actions: vec![],
-        timeout: Duration::from_secs(360),
+        timeout: Duration::from_secs(600),
         echo: std::env::var_os("USBDOM_BENCH_ECHO").is_some(),
     };
     let res = match xen::boot(&b) {
@@ -247,17 +271,26 @@ pub fn run(r: &mut Report) {
         crate::bench::bench_qemu::load()
     );
     println!(
-        "  {:24} {:>10} {:>10} {:>16}",
-        "", "direct", "usbdom", "usbdom/direct"
+        "  {:24} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9}",
+        "", "direct", "copy", "map", "copy/dir", "map/dir", "map/copy"
     );
     let rows = table(&o);
-    for (label, d, u, ratio) in &rows {
+    for r in &rows {
         println!(
-            "  {label:24} {:>10} {:>10} {:>16}",
-            fmt(*d),
-            fmt(*u),
-            fmt(*ratio)
+            "  {:24} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9}",
+            r.label,
+            fmt(r.direct),
+            fmt(r.copy),
+            fmt(r.map),
+            fmt(ratio(r.copy, r.direct)),
+            fmt(ratio(r.map, r.direct)),
+            fmt(ratio(r.map, r.copy))
         );
+    }
+    println!("  (copy: usbdom.zero_copy=0, grant copy; map: usbdom.zero_copy=1, grant map; each a fresh usbdom)");
+    println!("  usbdom loop statistics (10 s windows; copy run first, then map):");
+    for l in loop_stats(&res.out.lines) {
+        println!("    {l}");
     }
     let create_ready = match (res.create_start(), res.ready()) {
         (Some(a), Some(b)) => Some(b - a),
@@ -303,7 +336,9 @@ pub fn run(r: &mut Report) {
             .map(|m| m.to_string())
             .unwrap_or_else(|| "?".into())
     );
-    let complete = rows.iter().all(|(_, d, u, _)| d.is_some() && u.is_some());
+    let complete = rows
+        .iter()
+        .all(|r| r.direct.is_some() && r.copy.is_some() && r.map.is_some());
     if !o.fails.is_empty() || !complete {
         let why = if o.fails.is_empty() {
             "measurements missing (see the log)".to_string()
@@ -349,17 +384,43 @@ mod tests {
     }
 
     #[test]
-    fn table_ratios_are_usbdom_over_direct() {
+    fn table_has_both_data_paths_and_their_ratios() {
         let o = parse(&l(&[
             "BENCH-MEASURE direct-seq-mib-s 8",
             "BENCH-MEASURE usbdom-seq-mib-s 6",
+            "BENCH-MEASURE usbmap-seq-mib-s 3",
             "BENCH-MEASURE direct-lat-mean-us 1000",
             "BENCH-MEASURE usbdom-lat-mean-us 2500",
         ]));
         let t = table(&o);
-        assert_eq!(t[0].3, Some(0.75));
-        assert_eq!(t[2].3, Some(2.5));
+        assert_eq!(
+            (t[0].direct, t[0].copy, t[0].map),
+            (Some(8.0), Some(6.0), Some(3.0))
+        );
+        assert_eq!(ratio(t[0].copy, t[0].direct), Some(0.75));
+        assert_eq!(ratio(t[0].map, t[0].copy), Some(0.5));
+        assert_eq!(ratio(t[2].copy, t[2].direct), Some(2.5));
         // A mode that produced nothing gives no ratio.
-        assert_eq!(t[3], ("QD1 4 KiB median us".to_string(), None, None, None));
+        assert_eq!(ratio(t[2].map, t[2].direct), None);
+        assert_eq!(t[3].label, "QD1 4 KiB median us");
+        assert_eq!((t[3].direct, t[3].copy, t[3].map), (None, None, None));
+        assert_eq!(ratio(Some(1.0), Some(0.0)), None);
+    }
+
+    #[test]
+    fn loop_stats_are_usbdom_console_lines_only() {
+        let lines = l(&[
+            "U| [ 12.0] INFO backend: loop: 5 busy rounds, 3 sleeps (0 ended by the timeout); x",
+            "XT: loop: not usbdom",
+            "U| [ 13.0] INFO backend: serving",
+            "U| [ 22.0] INFO backend: loop: 7 busy rounds",
+        ]);
+        assert_eq!(
+            loop_stats(&lines),
+            vec![
+                "[ 12.0] INFO backend: loop: 5 busy rounds, 3 sleeps (0 ended by the timeout); x",
+                "[ 22.0] INFO backend: loop: 7 busy rounds"
+            ]
+        );
     }
 }
