@@ -27,6 +27,7 @@ use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use hal::DmaSegment;
 use usb_core::hc::{
@@ -63,6 +64,9 @@ pub struct VPort {
     pub config_value: u8,
     /// Guest's alternate settings (interface, alternate).
     pub alts: Vec<(u8, u8)>,
+    /// The guest reset the port and enumerates the device again: nothing on the port starts
+    /// until the owner has reset the physical device (see `Backend::take_due_resets`).
+    pub reset_wanted: bool,
 }
 
 impl VPort {
@@ -70,6 +74,7 @@ impl VPort {
     pub fn reset_guest_state(&mut self) {
         self.config_value = 0;
         self.alts.clear();
+        self.reset_wanted = false;
     }
 }
 
@@ -93,6 +98,70 @@ enum Stage {
 struct Inflight {
     urb: Urb,
     stage: Stage,
+    /// Hypervisor clock when the request was taken off the ring, and when it was handed to the
+    /// controller ([`UrbTiming`]).
+    t_ring: u64,
+    t_submit: u64,
+}
+
+/// Where the forwarded transfers a link answered spent their time, in the hypervisor's clock
+/// ([`Hypervisor::now_ns`]). Sums over the transfers, so a mean is `sum / urbs`. Counts only
+/// transfers answered after a controller completion (not rejections, virtualised requests or
+/// transfers of a link being torn down).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UrbTiming {
+    /// Transfers answered.
+    pub urbs: u64,
+    /// Taken off the ring → handed to the controller: validation, waiting behind the endpoint's
+    /// queue, grant map or copy-in, the controller's submit.
+    pub to_submit_ns: u64,
+    /// Handed to the controller → its completion reached the link: the device and controller,
+    /// the interrupt through Xen, the loop's wake-up and completion polling.
+    pub in_controller_ns: u64,
+    /// Completion → response pushed on the ring and the frontend notified: copy-out, unmap,
+    /// the response, the notification.
+    pub to_response_ns: u64,
+}
+
+impl UrbTiming {
+    fn add(&mut self, o: &UrbTiming) {
+        self.urbs += o.urbs;
+        self.to_submit_ns += o.to_submit_ns;
+        self.in_controller_ns += o.in_controller_ns;
+        self.to_response_ns += o.to_response_ns;
+    }
+
+    /// `self - earlier` (for a window of a running total).
+    pub fn since(&self, earlier: &UrbTiming) -> UrbTiming {
+        UrbTiming {
+            urbs: self.urbs.wrapping_sub(earlier.urbs),
+            to_submit_ns: self.to_submit_ns.wrapping_sub(earlier.to_submit_ns),
+            in_controller_ns: self.in_controller_ns.wrapping_sub(earlier.in_controller_ns),
+            to_response_ns: self.to_response_ns.wrapping_sub(earlier.to_response_ns),
+        }
+    }
+}
+
+/// [`UrbTiming`] of every link of the program (the kernel logs it with its loop statistics).
+static TOTAL: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+/// The running total of [`UrbTiming`] over all links since start.
+pub fn urb_timing_total() -> UrbTiming {
+    UrbTiming {
+        urbs: TOTAL[0].load(Ordering::Relaxed),
+        to_submit_ns: TOTAL[1].load(Ordering::Relaxed),
+        in_controller_ns: TOTAL[2].load(Ordering::Relaxed),
+        to_response_ns: TOTAL[3].load(Ordering::Relaxed),
+    }
+}
+
+/// Completed transfers whose responses are queued but not pushed yet.
+#[derive(Debug, Default)]
+struct Unpushed {
+    /// Their timing so far (`to_response_ns` unset).
+    timing: UrbTiming,
+    /// Sum of their completion times.
+    completed_at: u64,
 }
 
 /// Counters of a link.
@@ -149,6 +218,9 @@ pub struct Link<H: Hypervisor> {
     /// Endpoints whose controller side must be recovered once drained.
     needs_clear: BTreeSet<(u8, u8)>,
     pub stats: LinkStats,
+    /// Where this link's forwarded transfers spent their time.
+    pub timing: UrbTiming,
+    unpushed: Unpushed,
 }
 
 /// Ring failure: the frontend broke the protocol or the ring could not be served.
@@ -176,6 +248,8 @@ impl<H: Hypervisor> Link<H> {
             conn_events: VecDeque::new(),
             needs_clear: BTreeSet::new(),
             stats: LinkStats::default(),
+            timing: UrbTiming::default(),
+            unpushed: Unpushed::default(),
         }
     }
 
@@ -292,7 +366,24 @@ impl<H: Hypervisor> Link<H> {
 
     /// Publish queued responses.
     pub fn flush(&mut self, hv: &mut H) -> Result<(), LinkFailed> {
-        self.urb.channel().flush(hv).map(drop).map_err(LinkFailed)
+        self.urb.channel().flush(hv).map_err(LinkFailed)?;
+        if self.unpushed.timing.urbs != 0 {
+            let u = core::mem::take(&mut self.unpushed);
+            let mut t = u.timing;
+            t.to_response_ns = t
+                .urbs
+                .saturating_mul(hv.now_ns())
+                .saturating_sub(u.completed_at);
+            self.timing.add(&t);
+            for (total, v) in
+                TOTAL
+                    .iter()
+                    .zip([t.urbs, t.to_submit_ns, t.in_controller_ns, t.to_response_ns])
+            {
+                total.fetch_add(v, Ordering::Relaxed);
+            }
+        }
+        Ok(())
     }
 
     fn respond(
@@ -336,6 +427,7 @@ impl<H: Hypervisor> Link<H> {
         ports: &mut [VPort],
         r: UrbRequest,
     ) {
+        let t_ring = env.hv.now_ns();
         self.stats.requests += 1;
         if r.pipe.is_unlink() {
             self.unlink(env, ports, &r);
@@ -393,6 +485,21 @@ impl<H: Hypervisor> Link<H> {
                 return;
             }
         }
+        let p = urb.port as usize;
+        if urb.devaddr == 0 && self.port_addr[p] != 0 {
+            // A request to address 0 for a device the guest had addressed: the guest reset the
+            // port and enumerates again (usb_reset_device, e.g. mass-storage error recovery).
+            // xen-hcd emulates the root hub, so the reset itself never reached us: have the
+            // device reset for real before this request runs (pvusb-protocol.md §1.14).
+            let old = self.port_addr[p] as usize;
+            if self.addr[old] == urb.port {
+                self.addr[old] = 0;
+            }
+            self.port_addr[p] = 0;
+            let vp = &mut ports[p - 1];
+            vp.reset_guest_state();
+            vp.reset_wanted = true;
+        }
         let key = urb.queue_key();
         let id = urb.id;
         let q = self.queues.entry(key).or_default();
@@ -402,6 +509,8 @@ impl<H: Hypervisor> Link<H> {
             Inflight {
                 urb,
                 stage: Stage::Waiting,
+                t_ring,
+                t_submit: 0,
             },
         );
         // Started by `pump`, which keeps the endpoint order.
@@ -509,6 +618,13 @@ impl<H: Hypervisor> Link<H> {
             }
             let keys: Vec<(u8, u8)> = self.queues.keys().copied().collect();
             for key in keys {
+                if ports
+                    .get((key.0 as usize).wrapping_sub(1))
+                    .is_some_and(|p| p.reset_wanted)
+                {
+                    // Waits for the physical reset the guest asked for.
+                    continue;
+                }
                 while let Some(q) = self.queues.get(&key) {
                     let Some(pos) = q
                         .iter()
@@ -671,8 +787,10 @@ impl<H: Hypervisor> Link<H> {
             Ok(tid) => {
                 self.stats.forwarded += 1;
                 env.owners.insert(tid, self.gen);
+                let now = env.hv.now_ns();
                 if let Some(inf) = self.inflight.get_mut(&id) {
                     inf.stage = Stage::Submitted(tid, Box::new(buf));
+                    inf.t_submit = now;
                 }
             }
             Err(e) => {
@@ -694,10 +812,16 @@ impl<H: Hypervisor> Link<H> {
         }) else {
             return;
         };
+        let t_done = env.hv.now_ns();
         let inf = self.inflight.get_mut(&id).expect("found above");
         let Stage::Submitted(_, buf) = core::mem::replace(&mut inf.stage, Stage::Waiting) else {
             return;
         };
+        let u = &mut self.unpushed;
+        u.timing.urbs += 1;
+        u.timing.to_submit_ns += inf.t_submit.saturating_sub(inf.t_ring);
+        u.timing.in_controller_ns += t_done.saturating_sub(inf.t_submit);
+        u.completed_at += t_done;
         let buf = *buf;
         let urb = inf.urb.clone();
         env.owners.remove(&c.id);
@@ -839,5 +963,85 @@ impl<H: Hypervisor> Link<H> {
         let report = urb.teardown(hv);
         let _ = conn.disconnect(hv);
         report.mappings_released
+    }
+}
+
+#[cfg(test)]
+mod timing_tests {
+    use super::UrbTiming;
+    use crate::tests::{ctrl_pipe, request, Frontend, World};
+    use usb_core::hc::Speed;
+    use xenidc::abi::usbif::UsbifStatus;
+
+    const FE: u16 = 5;
+
+    fn timing(w: &World) -> UrbTiming {
+        let v = w.be.vusbs.values().next().expect("one controller");
+        v.link.as_ref().expect("connected").timing
+    }
+
+    /// A GET_DESCRIPTOR(device) at address 0 (forwarded to the controller) that the controller
+    /// holds while the clock advances by `ns`.
+    fn held_transfer(w: &mut World, f: &mut Frontend, id: u16, ns: u64) {
+        let (_, g) = f.page(false);
+        f.send(&request(
+            id,
+            ctrl_pipe(1, 0, true),
+            [0x80, 6, 0, 1, 0, 0, 8, 0],
+            &[(g, 0, 8)],
+        ));
+        w.hc.hold = true;
+        w.run(&mut [&mut *f]);
+        assert!(
+            f.take(id).is_empty(),
+            "not answered while the controller holds it"
+        );
+        w.sim.advance_ns(ns);
+        w.hc.hold = false;
+        w.run(&mut [&mut *f]);
+        let r = f.take(id);
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].status, r[0].actual_length), (UsbifStatus::OK, 8));
+    }
+
+    #[test]
+    fn time_in_the_controller_is_attributed_to_it() {
+        for zero_copy in [false, true] {
+            let mut w = World::new(zero_copy);
+            w.plug(1, Speed::High);
+            w.toolstack_create(FE, 0, 4, 2);
+            let mut f = Frontend::new(&mut w, FE, 0);
+            w.assign(FE, 0, 1, "1-1");
+            w.run(&mut [&mut f]);
+            assert_eq!(f.state(), 4);
+            assert_eq!(timing(&w), UrbTiming::default());
+            held_transfer(&mut w, &mut f, 1, 7_000);
+            assert_eq!(
+                timing(&w),
+                UrbTiming {
+                    urbs: 1,
+                    to_submit_ns: 0,
+                    in_controller_ns: 7_000,
+                    to_response_ns: 0,
+                }
+            );
+            held_transfer(&mut w, &mut f, 2, 3_000);
+            let t = timing(&w);
+            assert_eq!((t.urbs, t.in_controller_ns), (2, 10_000));
+            // A rejected request (no device at that port) is not a transfer.
+            f.send(&request(
+                3,
+                ctrl_pipe(2, 0, true),
+                [0x80, 6, 0, 1, 0, 0, 8, 0],
+                &[],
+            ));
+            w.run(&mut [&mut f]);
+            assert_eq!(f.take(3)[0].status, UsbifStatus::NODEV);
+            assert_eq!(timing(&w).urbs, 2);
+            // The program-wide total includes this link's transfers.
+            let total = super::urb_timing_total();
+            assert!(total.urbs >= 2 && total.in_controller_ns >= 10_000);
+            assert_eq!(total.since(&total), UrbTiming::default());
+        }
     }
 }
