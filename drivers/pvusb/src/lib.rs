@@ -268,6 +268,11 @@ pub struct Backend<H: Hypervisor, S: Store> {
     resets: BTreeSet<PortPath>,
     /// When each device was last handed out for a reset.
     last_reset: BTreeMap<PortPath, u64>,
+    /// Of `resets`, those a guest asked for by re-enumerating its device: the frontend keeps
+    /// the device (no disconnect on its conn ring) while it is reset.
+    guest_resets: BTreeSet<PortPath>,
+    /// The guest reset being carried out (its `Detached` is not shown to the frontend).
+    quiet_reset: Option<PortPath>,
     next_gen: u64,
     limit: RateLimit,
     stats: Stats,
@@ -304,6 +309,8 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
             removals: BTreeMap::new(),
             resets: BTreeSet::new(),
             last_reset: BTreeMap::new(),
+            guest_resets: BTreeSet::new(),
+            quiet_reset: None,
             next_gen: 1,
             limit: RateLimit::new(20, 1_000_000_000),
             stats: Stats::default(),
@@ -972,6 +979,11 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
             return Ok(());
         }
         log::info!("device {path} gone");
+        if self.quiet_reset == Some(path) {
+            // Reset for its guest, which keeps the port: what the controller still had of it
+            // completes with an error; the requests waiting for the reset run once it is back.
+            return self.xs_rm(&format!("{DEVICES_DIR}/{}", path.node_name()));
+        }
         if let Some(&(key, port)) = self.claims.get(&path) {
             self.port_gone(hc, key, port);
             self.service(hc, key);
@@ -1038,6 +1050,30 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         due
     }
 
+    /// The owner is about to reset `path` (one of [`Backend::take_due_resets`]) and report it
+    /// through [`Backend::handle_bus_events`]; [`Backend::end_reset`] follows. Only needed for
+    /// a reset a guest asked for: its frontend keeps the device meanwhile.
+    pub fn begin_reset(&mut self, path: PortPath) {
+        if self.guest_resets.remove(&path) {
+            self.quiet_reset = Some(path);
+        }
+    }
+
+    /// The reset of `path` was reported. If the device did not come back, its frontend now sees
+    /// it go (what `device_detached` held back for a guest's reset).
+    pub fn end_reset<C: HostController>(&mut self, hc: &mut C, path: PortPath) {
+        if self.quiet_reset.take() != Some(path) {
+            return;
+        }
+        if self.devices.contains_key(&path) {
+            return;
+        }
+        if let Some(&(key, port)) = self.claims.get(&path) {
+            self.port_gone(hc, key, port);
+            self.service(hc, key);
+        }
+    }
+
     /// Devices waiting for their reset (not announced to any frontend meanwhile).
     pub fn resets_pending(&self) -> impl Iterator<Item = &PortPath> {
         self.resets.iter()
@@ -1053,9 +1089,17 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         let mut any = false;
         for (path, id) in self.take_due_resets() {
             any = true;
-            log::info!("device {path}: reset before it is exported again");
+            let guest = self.guest_resets.contains(&path);
+            if guest {
+                log::info!("device {path}: reset, as its guest asked");
+            } else {
+                log::info!("device {path}: reset before it is exported again");
+            }
+            self.begin_reset(path);
             let evs = bus.reset_device(id);
-            self.handle_bus_events(&mut bus.hc, &bus.registry, &evs)?;
+            let r = self.handle_bus_events(&mut bus.hc, &bus.registry, &evs);
+            self.end_reset(&mut bus.hc, path);
+            r?;
             if !self.devices.contains_key(&path) {
                 log::warn!("device {path} did not come back after its reset");
             }
@@ -1108,7 +1152,16 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
             limit: &mut self.limit,
             zero_copy: self.cfg.zero_copy,
         };
-        match link.service(&mut env, &mut v.ports, RING_BUDGET) {
+        let r = link.service(&mut env, &mut v.ports, RING_BUDGET);
+        for p in v.ports.iter() {
+            if let (true, Some(path)) = (p.reset_wanted, p.assigned) {
+                if self.devices.contains_key(&path) && self.resets.insert(path) {
+                    self.guest_resets.insert(path);
+                    log::info!("vusb {}/{}: the guest re-enumerates {path}", key.0, key.1);
+                }
+            }
+        }
+        match r {
             Ok(more) => more,
             Err(e) => {
                 self.stats.protocol_failures += 1;

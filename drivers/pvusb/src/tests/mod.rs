@@ -102,6 +102,7 @@ impl World {
             let (speed, kbd) = (stick.speed, stick.keyboard);
             let cfg =
                 usb_core::descriptor::Configuration::parse(&stick.config_descriptor()).unwrap();
+            self.be.begin_reset(path);
             let new = self.hc.reset(port).unwrap();
             self.be.device_detached(&mut self.hc, path).unwrap();
             let (vendor, product_id, product) = if kbd {
@@ -119,6 +120,7 @@ impl World {
                 config: Some(cfg),
             };
             self.be.device_attached(&mut self.hc, dev).unwrap();
+            self.be.end_reset(&mut self.hc, path);
         }
     }
 

@@ -1414,3 +1414,106 @@ fn a_device_no_frontend_used_is_not_reset() {
     assert_eq!(w.be.resets_pending().count(), 0);
     assert_eq!(w.hc.stick(1).resets, 0);
 }
+
+/// usb_reset_device in the guest (mass-storage error recovery): xen-hcd resets its emulated
+/// root port and enumerates again, starting at address 0. The device is reset for real, the
+/// frontend keeps it (no disconnect), and the half-done command the guest gave up on is gone.
+#[test]
+fn a_guest_reenumerating_its_device_gets_a_real_reset_without_a_disconnect() {
+    let (mut w, mut f) = connected(false, Speed::High);
+    w.auto_reset = false;
+    enumerate(&mut w, &mut f, 1, 5);
+    let conn_before = f.conn_log.len();
+    // A CBW whose data phase the guest never runs (its command timed out).
+    let (ci, cg) = f.page(true);
+    f.page_mem(ci).write_bytes(0, &cbw(60, true, 0, 8)).unwrap();
+    f.send(&request(
+        60,
+        bulk_pipe(1, 5, 2, false),
+        [0; 8],
+        &[(cg, 0, 31)],
+    ));
+    w.run(&mut [&mut f]);
+    assert_eq!(ok(&mut f, 60).actual_length, 31);
+    // The guest's re-enumeration: GET_DESCRIPTOR to address 0. It waits for the reset.
+    let (pi, g) = f.page(false);
+    f.send(&request(
+        61,
+        ctrl_pipe(1, 0, true),
+        [0x80, 6, 0, 1, 0, 0, 64, 0],
+        &[(g, 0, 18)],
+    ));
+    w.run(&mut [&mut f]);
+    assert!(f.take(61).is_empty(), "ran before the reset");
+    let pending: Vec<String> = w.be.resets_pending().map(|p| p.to_string()).collect();
+    assert_eq!(pending, vec!["1-1".to_string()]);
+    // The old address is gone from the guest address table.
+    f.send(&request(
+        62,
+        ctrl_pipe(1, 5, true),
+        [0x80, 6, 0, 1, 0, 0, 18, 0],
+        &[(g, 0, 18)],
+    ));
+    w.run(&mut [&mut f]);
+    assert_eq!(status(&mut f, 62), S::NODEV);
+
+    w.do_resets();
+    w.run(&mut [&mut f]);
+    assert_eq!(w.hc.stick(1).resets, 1);
+    let r = ok(&mut f, 61);
+    assert_eq!((r.status, r.actual_length), (S::OK, 18));
+    let mut d = [0u8; 2];
+    f.page_mem(pi).read_bytes(0, &mut d).unwrap();
+    assert_eq!(d, [18, 1]);
+    assert_eq!(
+        f.conn_log.len(),
+        conn_before,
+        "no disconnect shown: {:?}",
+        f.conn_log
+    );
+    // The guest finishes its enumeration (address again, configuration) and reads.
+    f.send(&request(
+        63,
+        ctrl_pipe(1, 0, false),
+        [0, 5, 5, 0, 0, 0, 0, 0],
+        &[],
+    ));
+    f.send(&request(
+        64,
+        ctrl_pipe(1, 5, false),
+        [0, 9, 1, 0, 0, 0, 0, 0],
+        &[],
+    ));
+    w.run(&mut [&mut f]);
+    assert_eq!(status(&mut f, 63), S::OK);
+    assert_eq!(status(&mut f, 64), S::OK);
+    let data = bot_read(&mut w, &mut f, 1, 5, 9, 2, 80);
+    assert_eq!(data, disk(&mut w, 1, 9, 2));
+}
+
+#[test]
+fn a_guest_reset_of_a_device_that_does_not_come_back_shows_a_disconnect() {
+    let (mut w, mut f) = connected(false, Speed::High);
+    w.auto_reset = false;
+    enumerate(&mut w, &mut f, 1, 5);
+    let (_, g) = f.page(false);
+    f.send(&request(
+        61,
+        ctrl_pipe(1, 0, true),
+        [0x80, 6, 0, 1, 0, 0, 64, 0],
+        &[(g, 0, 18)],
+    ));
+    w.run(&mut [&mut f]);
+    assert!(f.take(61).is_empty());
+    // The reset fails: the device is gone (as usb-core reports an enumeration failure).
+    let due = w.be.take_due_resets();
+    assert_eq!(due.len(), 1);
+    let path = due[0].0;
+    w.be.begin_reset(path);
+    w.hc.unplug(1);
+    w.be.device_detached(&mut w.hc, path).unwrap();
+    w.be.end_reset(&mut w.hc, path);
+    w.run(&mut [&mut f]);
+    assert_eq!(status(&mut f, 61), S::NODEV);
+    assert_eq!(f.speeds.get(&1), Some(&0), "disconnect shown");
+}
