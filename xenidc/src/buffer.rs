@@ -391,7 +391,13 @@ impl<H: Hypervisor> Mapper<H> {
             )));
         }
         match failed {
-            None => Ok(buf),
+            None => {
+                if !self.unmap_batch.is_empty() {
+                    // Mappings beyond the request (a misbehaving implementation): not ours.
+                    let _ = hv.unmap_grants(self.unmap_batch.drain(..));
+                }
+                Ok(buf)
+            }
             Some(e) => {
                 self.take_mappings(&buf);
                 let _ = hv.unmap_grants(self.unmap_batch.drain(..));
