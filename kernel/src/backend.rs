@@ -192,9 +192,10 @@ fn grant_line(a: &GrantStats, b: &GrantStats) -> String {
 fn urb_line(t: &UrbTiming) -> String {
     let mean = |ns: u64| ns / t.urbs.max(1) / 1000;
     format!(
-        "urbs {}: ring->submit {} us, submit->completion {} us, completion->response+notify {} us (means)",
+        "urbs {}: ring->submit {} us (of which the controller's submit call {} us), submit->completion {} us, completion->response+notify {} us (means)",
         t.urbs,
         mean(t.to_submit_ns),
+        mean(t.submit_call_ns),
         mean(t.in_controller_ns),
         mean(t.to_response_ns),
     )

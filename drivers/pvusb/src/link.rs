@@ -102,6 +102,8 @@ struct Inflight {
     /// controller ([`UrbTiming`]).
     t_ring: u64,
     t_submit: u64,
+    /// Time spent inside the controller's submit call.
+    submit_call: u64,
 }
 
 /// Where the forwarded transfers a link answered spent their time, in the hypervisor's clock
@@ -121,6 +123,9 @@ pub struct UrbTiming {
     /// Completion → response pushed on the ring and the frontend notified: copy-out, unmap,
     /// the response, the notification.
     pub to_response_ns: u64,
+    /// Of `to_submit_ns`: inside the controller driver's submit call (for xHCI the TRBs and the
+    /// doorbell write; under QEMU the emulated controller may do its work inside that write).
+    pub submit_call_ns: u64,
 }
 
 impl UrbTiming {
@@ -129,6 +134,7 @@ impl UrbTiming {
         self.to_submit_ns += o.to_submit_ns;
         self.in_controller_ns += o.in_controller_ns;
         self.to_response_ns += o.to_response_ns;
+        self.submit_call_ns += o.submit_call_ns;
     }
 
     /// `self - earlier` (for a window of a running total).
@@ -138,12 +144,13 @@ impl UrbTiming {
             to_submit_ns: self.to_submit_ns.wrapping_sub(earlier.to_submit_ns),
             in_controller_ns: self.in_controller_ns.wrapping_sub(earlier.in_controller_ns),
             to_response_ns: self.to_response_ns.wrapping_sub(earlier.to_response_ns),
+            submit_call_ns: self.submit_call_ns.wrapping_sub(earlier.submit_call_ns),
         }
     }
 }
 
 /// [`UrbTiming`] of every link of the program (the kernel logs it with its loop statistics).
-static TOTAL: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+static TOTAL: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
 
 /// The running total of [`UrbTiming`] over all links since start.
 pub fn urb_timing_total() -> UrbTiming {
@@ -152,6 +159,7 @@ pub fn urb_timing_total() -> UrbTiming {
         to_submit_ns: TOTAL[1].load(Ordering::Relaxed),
         in_controller_ns: TOTAL[2].load(Ordering::Relaxed),
         to_response_ns: TOTAL[3].load(Ordering::Relaxed),
+        submit_call_ns: TOTAL[4].load(Ordering::Relaxed),
     }
 }
 
@@ -375,11 +383,13 @@ impl<H: Hypervisor> Link<H> {
                 .saturating_mul(hv.now_ns())
                 .saturating_sub(u.completed_at);
             self.timing.add(&t);
-            for (total, v) in
-                TOTAL
-                    .iter()
-                    .zip([t.urbs, t.to_submit_ns, t.in_controller_ns, t.to_response_ns])
-            {
+            for (total, v) in TOTAL.iter().zip([
+                t.urbs,
+                t.to_submit_ns,
+                t.in_controller_ns,
+                t.to_response_ns,
+                t.submit_call_ns,
+            ]) {
                 total.fetch_add(v, Ordering::Relaxed);
             }
         }
@@ -511,6 +521,7 @@ impl<H: Hypervisor> Link<H> {
                 stage: Stage::Waiting,
                 t_ring,
                 t_submit: 0,
+                submit_call: 0,
             },
         );
         // Started by `pump`, which keeps the endpoint order.
@@ -783,6 +794,7 @@ impl<H: Hypervisor> Link<H> {
             buffer: &segs,
             flags: urb.flags,
         };
+        let t_call = env.hv.now_ns();
         match env.hc.submit(&tr) {
             Ok(tid) => {
                 self.stats.forwarded += 1;
@@ -791,6 +803,7 @@ impl<H: Hypervisor> Link<H> {
                 if let Some(inf) = self.inflight.get_mut(&id) {
                     inf.stage = Stage::Submitted(tid, Box::new(buf));
                     inf.t_submit = now;
+                    inf.submit_call = now.saturating_sub(t_call);
                 }
             }
             Err(e) => {
@@ -821,6 +834,7 @@ impl<H: Hypervisor> Link<H> {
         u.timing.urbs += 1;
         u.timing.to_submit_ns += inf.t_submit.saturating_sub(inf.t_ring);
         u.timing.in_controller_ns += t_done.saturating_sub(inf.t_submit);
+        u.timing.submit_call_ns += inf.submit_call;
         u.completed_at += t_done;
         let buf = *buf;
         let urb = inf.urb.clone();
@@ -1023,6 +1037,7 @@ mod timing_tests {
                     to_submit_ns: 0,
                     in_controller_ns: 7_000,
                     to_response_ns: 0,
+                    submit_call_ns: 0,
                 }
             );
             held_transfer(&mut w, &mut f, 2, 3_000);
