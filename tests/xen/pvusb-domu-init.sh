@@ -1,7 +1,7 @@
 #!/bin/sh
 # /init of the frontend domU that tests/xen/pvusb-domu.sh builds: load xen-hcd and the storage
-# drivers, wait for the disk usbdom exports to it, then read it in a loop with O_DIRECT until the
-# domain is destroyed. Progress lines start with "DOMU:".
+# drivers, wait for the disk usbdom exports to it, print its sha256, then read it in a loop with
+# O_DIRECT until the domain is destroyed. Progress lines start with "DOMU:".
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -14,6 +14,7 @@ i=0
 while [ ! -b /dev/sda ] && [ $i -lt 240 ]; do sleep 0.5; i=$((i + 1)); done
 if [ -b /dev/sda ]; then
   echo "DOMU: disk sda $(cat /sys/block/sda/size) sectors"
+  echo "DOMU: sha256 $(dd if=/dev/sda bs=64k iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
   n=0
   while :; do
     n=$((n + 1))

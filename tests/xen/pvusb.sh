@@ -117,17 +117,52 @@ if [ -n "$DISK" ]; then
     fail sha256 "sha256 $sum != image $XT_STICK_SHA256 ($(cat /tmp/dd-read.err | tr '\n' ' '))"
   fi
 
-  # 6. Random data written and read back with O_DIRECT (1 MiB at 4 MiB).
+  # 6. Random data written and read back with O_DIRECT (1 MiB in the middle of the device), then
+  #    the original bytes put back (later checks compare the whole device with the image again).
+  at=$((bytes / 65536 / 2))
   dd if=/dev/urandom of=/tmp/rnd bs=64k count=16 2>/dev/null
-  timeout 60 dd if=/tmp/rnd of=/dev/$DISK bs=64k seek=64 count=16 oflag=direct conv=fsync 2>/tmp/dd-w.err
+  timeout 60 dd if=/dev/$DISK of=/tmp/orig bs=64k skip=$at count=16 iflag=direct 2>/dev/null
+  orc=$?
+  timeout 60 dd if=/tmp/rnd of=/dev/$DISK bs=64k seek=$at count=16 oflag=direct conv=fsync 2>/tmp/dd-w.err
   wrc=$?
-  timeout 60 dd if=/dev/$DISK of=/tmp/back bs=64k skip=64 count=16 iflag=direct 2>/tmp/dd-r.err
+  timeout 60 dd if=/dev/$DISK of=/tmp/back bs=64k skip=$at count=16 iflag=direct 2>/tmp/dd-r.err
   rrc=$?
-  if [ $wrc = 0 ] && [ $rrc = 0 ] && cmp -s /tmp/rnd /tmp/back; then
+  timeout 60 dd if=/tmp/orig of=/dev/$DISK bs=64k seek=$at count=16 oflag=direct conv=fsync 2>/dev/null
+  prc=$?
+  timeout 60 dd if=/dev/$DISK of=/tmp/back2 bs=64k skip=$at count=16 iflag=direct 2>/dev/null
+  if [ $orc = 0 ] && [ $wrc = 0 ] && [ $rrc = 0 ] && cmp -s /tmp/rnd /tmp/back &&
+    [ $prc = 0 ] && cmp -s /tmp/orig /tmp/back2; then
     pass odirect-write-read
   else
-    fail odirect-write-read "write rc=$wrc read rc=$rrc, data $(cmp /tmp/rnd /tmp/back 2>&1 | head -1)"
+    fail odirect-write-read "save rc=$orc write rc=$wrc read rc=$rrc restore rc=$prc; data: $(cmp /tmp/rnd /tmp/back 2>&1 | head -1); restored: $(cmp /tmp/orig /tmp/back2 2>&1 | head -1)"
   fi
+fi
+
+# 6b. The guest resets the stick itself (USBDEVFS_RESET -> usb_reset_device, what mass-storage
+#     error recovery does). xen-hcd keeps root-port resets to itself; usbdom must see the
+#     re-enumeration, reset the stick for real, and the guest keeps its disk (no disconnect).
+usbdev_of() {
+  local d
+  d=$(readlink -f /sys/block/$1/device)
+  while [ "$d" != / ] && [ ! -f "$d/busnum" ]; do d=$(dirname "$d"); done
+  [ -f "$d/busnum" ] && printf '/dev/bus/usb/%03d/%03d' "$(cat $d/busnum)" "$(cat $d/devnum)"
+}
+guest_resets() { grep -c "device $STICK: reset, as its guest asked" "$CONSOLE_DIR/guest-$BE.log"; }
+if [ -n "$DISK" ]; then
+  node=$(usbdev_of $DISK)
+  n0=$(guest_resets)
+  timeout 60 dd if=/dev/$DISK of=/tmp/pre bs=64k count=16 iflag=direct 2>/dev/null
+  out=$(timeout 60 usbreset "$node" 2>&1)
+  rrc=$?
+  more_resets() { [ "$(guest_resets)" -gt "$n0" ]; }
+  if [ $rrc = 0 ] && wait_for 10 more_resets && [ -b /dev/$DISK ] &&
+    timeout 60 dd if=/dev/$DISK of=/tmp/post bs=64k count=16 iflag=direct 2>/dev/null &&
+    cmp -s /tmp/pre /tmp/post; then
+    pass guest-reset
+  else
+    fail guest-reset "usbreset $node rc=$rrc ($out); usbdom resets for the guest: $n0 -> $(guest_resets); /dev/$DISK $([ -b /dev/$DISK ] && echo present || echo gone)"
+  fi
+  dmesg | grep -E 'reset high-speed|USB disconnect' | tail -3 | sed 's/^/XT:   dmesg: /'
 fi
 
 # 7. The keyboard on port 2 enumerates as a HID input device.

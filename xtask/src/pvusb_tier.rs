@@ -1,9 +1,13 @@
 //! Xen tier, PVUSB: one more boot per controller (xHCI, UHCI) in which dom0 itself is the `xen-hcd` frontend of usbdom
 //! (`tests/xen/pvusb-tier.sh` → `tests/xen/pvusb.sh`): the dom0 tool lists the devices, creates a
 //! virtual controller, attaches the stick (whole-device sha256 against the image, O_DIRECT write
-//! and read back) and the keyboard (a HID input device), detaches, removes the controller. The
-//! script prints one `PVUSB-CHECK PASS <name>` / `PVUSB-CHECK FAIL <name>: <why>` line per check
-//! and `PVUSB-MEASURE <name> <value>` lines; every expected check must pass.
+//! and read back, a reset by the guest that usbdom carries out for real) and the keyboard (a HID
+//! input device), detaches, removes the controller.
+//! In the xHCI boot a second Linux domain then becomes the frontend (`tests/xen/pvusb-domu.sh`):
+//! it reads the whole stick (sha256), is destroyed in the middle of its next read, usbdom cleans
+//! up and resets the stick, and dom0 as the next frontend reads the whole device as the image.
+//! The scripts print one `PVUSB-CHECK PASS <name>` / `PVUSB-CHECK FAIL <name>: <why>` line per
+//! check and `PVUSB-MEASURE <name> <value>` lines; every expected check must pass.
 
 use std::time::Duration;
 
@@ -21,13 +25,28 @@ pub const CHECKS: &[&str] = &[
     "frontend-disk",
     "sha256",
     "odirect-write-read",
+    "guest-reset",
     "keyboard-hid",
     "detach",
     "remove-controller",
 ];
 
-/// The verdict of each expected check from the serial lines.
-pub fn verdicts(lines: &[Line], prefix: &str) -> Vec<(String, Result<(), String>)> {
+/// The checks `tests/xen/pvusb-domu.sh` makes, in order (the second-frontend scenario).
+pub const DOMU_CHECKS: &[&str] = &[
+    "domu-boot",
+    "domu-attach",
+    "domu-disk",
+    "domu-destroy-cleanup",
+    "domu-device-reset",
+    "after-destroy-sha256",
+];
+
+/// The verdict of each expected check (`expected`) from the serial lines.
+pub fn verdicts(
+    lines: &[Line],
+    prefix: &str,
+    expected: &[&str],
+) -> Vec<(String, Result<(), String>)> {
     let mut seen: Vec<(String, Result<(), String>)> = Vec::new();
     for l in lines {
         let Some(i) = l.text.find("PVUSB-CHECK ") else {
@@ -41,7 +60,7 @@ pub fn verdicts(lines: &[Line], prefix: &str) -> Vec<(String, Result<(), String>
             seen.push((name.trim().to_string(), Err(why.trim().to_string())));
         }
     }
-    CHECKS
+    expected
         .iter()
         .map(|c| {
             // A check that failed anywhere counts as failed.
@@ -75,15 +94,27 @@ pub fn measures(lines: &[Line]) -> Vec<(String, String)> {
 }
 
 /// Boot once more with the PVUSB scenario over `controller` (a QEMU device of
-/// [`xen::CONTROLLERS`]) and judge it; check names start with `xen: <name>:`.
+/// [`xen::CONTROLLERS`]) and judge it; check names start with `xen: <name>:`. With `domu`, the
+/// second-frontend scenario ([`DOMU_CHECKS`]) runs in the same boot.
 pub fn tier(
     controller: &str,
     name: &str,
     r: &mut Report,
     art: &Artifacts,
     guest: &std::path::Path,
-    vars: Vec<(String, String)>,
+    mut vars: Vec<(String, String)>,
+    domu: bool,
 ) {
+    let mut extra_files = vec![];
+    let mut expected: Vec<&str> = CHECKS.to_vec();
+    if domu {
+        vars.push(("pvusb_domu".into(), "1".into()));
+        // The dom0 script's own bound (tests/xen/init), inside the QEMU timeout below.
+        vars.push(("timeout".into(), "560".into()));
+        // The dom0 kernel doubles as the frontend domU's kernel.
+        extra_files.push(("guest/vmlinuz".to_string(), art.vmlinuz.clone()));
+        expected.extend_from_slice(DOMU_CHECKS);
+    }
     let b = Boot {
         art,
         guest,
@@ -91,7 +122,7 @@ pub fn tier(
         dom0_vars: vars,
         controller,
         devices: vec![],
-        extra_files: vec![],
+        extra_files,
         dir: util::target().join("xen-tier"),
         name,
         monitor: None,
@@ -105,7 +136,7 @@ pub fn tier(
         Err(e) => return r.fail(&format!("{prefix}: boot"), e),
     };
     let before = r.counts().1;
-    for (check, v) in verdicts(&res.out.lines, &prefix) {
+    for (check, v) in verdicts(&res.out.lines, &prefix, &expected) {
         match v {
             Ok(()) => r.pass(&check),
             Err(e) => r.fail(&check, e),
@@ -146,14 +177,14 @@ mod tests {
             .map(|c| format!("PVUSB-CHECK PASS {c}"))
             .collect();
         let all: Vec<&str> = lines.iter().map(String::as_str).collect();
-        assert!(verdicts(&l(&all), "xen: pvusb")
+        assert!(verdicts(&l(&all), "xen: pvusb", CHECKS)
             .iter()
             .all(|(_, v)| v.is_ok()));
 
         // One missing: that one fails, the others pass.
         lines.remove(3);
         let some: Vec<&str> = lines.iter().map(String::as_str).collect();
-        let v = verdicts(&l(&some), "xen: pvusb");
+        let v = verdicts(&l(&some), "xen: pvusb", CHECKS);
         assert_eq!(v.len(), CHECKS.len());
         assert_eq!(v.iter().filter(|(_, v)| v.is_err()).count(), 1);
         assert!(v[3].1.as_ref().unwrap_err().contains("not reached"));
@@ -167,10 +198,29 @@ mod tests {
                 "[  12.0] PVUSB-CHECK FAIL sha256: sha256 abc != image def",
             ]),
             "xen: pvusb",
+            CHECKS,
         );
         let (name, r) = v.iter().find(|(n, _)| n.ends_with("sha256")).unwrap();
         assert_eq!(name, "xen: pvusb: sha256");
         assert_eq!(r.as_ref().unwrap_err(), "sha256 abc != image def");
+    }
+
+    #[test]
+    fn domu_checks_are_expected_only_when_asked_for() {
+        let lines: Vec<String> = CHECKS
+            .iter()
+            .map(|c| format!("PVUSB-CHECK PASS {c}"))
+            .collect();
+        let all: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let mut both = CHECKS.to_vec();
+        both.extend_from_slice(DOMU_CHECKS);
+        let v = verdicts(&l(&all), "xen: pvusb", &both);
+        assert_eq!(v.len(), CHECKS.len() + DOMU_CHECKS.len());
+        assert_eq!(
+            v.iter().filter(|(_, r)| r.is_err()).count(),
+            DOMU_CHECKS.len(),
+            "the domU checks were not reached: {v:?}"
+        );
     }
 
     #[test]

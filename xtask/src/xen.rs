@@ -382,6 +382,28 @@ pub fn dom0_tool() -> Result<PathBuf, String> {
     Ok(out)
 }
 
+/// A small C program for dom0, built static (dom0's initramfs has no compiler and only the
+/// toolstack's libraries).
+pub fn dom0_c_program(src: &Path, out: &Path) -> Result<(), String> {
+    if let Some(d) = out.parent() {
+        fs::create_dir_all(d).map_err(|e| e.to_string())?;
+    }
+    util::run(
+        Command::new("gcc-12")
+            .args(["-O2", "-static", "-Wall", "-s", "-o"])
+            .arg(out)
+            .arg(src),
+    )
+}
+
+/// `tests/xen/usbreset.c` for dom0 (`/usr/bin/usbreset`: USBDEVFS_RESET, the reset a guest's
+/// mass-storage error recovery does).
+pub fn dom0_usbreset() -> Result<PathBuf, String> {
+    let out = util::target().join("dom0/usbreset");
+    dom0_c_program(&util::root().join("tests/xen/usbreset.c"), &out)?;
+    Ok(out)
+}
+
 /// One Xen boot.
 pub struct Boot<'a> {
     pub art: &'a Artifacts,
@@ -494,17 +516,29 @@ pub fn retry_reason(lines: &[Line], timed_out: bool) -> Option<String> {
     None
 }
 
+/// The size of the random image behind the `usb-storage` stick: a UHCI bus moves at most
+/// ~1.2 MB/s (full speed, QEMU's frame budget), so its stick is smaller.
+pub fn stick_bytes(controller: &str) -> usize {
+    if controller.contains("uhci") {
+        4 << 20
+    } else {
+        16 << 20
+    }
+}
+
 fn boot_once(b: &Boot, attempt: u32) -> Result<qemu::Outcome, String> {
     fs::create_dir_all(&b.dir).map_err(|e| e.to_string())?;
     let initrd = b.dir.join(format!("{}-initrd.cpio", b.name));
     let mut data = fs::read(&b.art.base_cpio).map_err(|e| e.to_string())?;
     let mut extra = b.extra_files.clone();
     extra.push(("usr/bin/usbdom".to_string(), dom0_tool()?));
+    extra.push(("usr/bin/usbreset".to_string(), dom0_usbreset()?));
     data.extend(run_cpio(b.guest, &extra)?);
     fs::write(&initrd, data).map_err(|e| e.to_string())?;
 
     let stick = b.dir.join("stick.img");
-    crate::qemu_tier::write_disk(&stick, "xen-stick", 16 << 20)?;
+    let stick_bytes = stick_bytes(b.controller);
+    crate::qemu_tier::write_disk(&stick, "xen-stick", stick_bytes)?;
     // The image's sha256 and size for the dom0 scripts ($XT_STICK_SHA256, $XT_STICK_BYTES).
     let sum = util::output(Command::new("sha256sum").arg(&stick))?;
     let sum = sum.split_whitespace().next().unwrap_or("").to_string();
@@ -522,8 +556,7 @@ fn boot_once(b: &Boot, attempt: u32) -> Result<qemu::Outcome, String> {
         d0.push_str(&format!(" xt.{k}={v}"));
     }
     d0.push_str(&format!(
-        " xt.stick_sha256={sum} xt.stick_bytes={}",
-        16 << 20
+        " xt.stick_sha256={sum} xt.stick_bytes={stick_bytes}"
     ));
     let d0 = d0.replace(',', ",,");
     let mut args: Vec<String> = [
@@ -687,9 +720,26 @@ pub fn tier(r: &mut Report) {
         Err(e) => return r.fail("xen: boot", e),
     };
     judge(r, &b, &res);
-    // PVUSB end to end (dom0 as the frontend), in boots of their own: xHCI, then UHCI.
-    crate::pvusb_tier::tier("qemu-xhci", "pvusb", r, &art, &guest, pvusb_vars.clone());
-    crate::pvusb_tier::tier("piix3-usb-uhci", "pvusb-uhci", r, &art, &guest, pvusb_vars);
+    // PVUSB end to end, in boots of their own: xHCI (dom0 as the frontend, then a second Linux
+    // domU destroyed mid-read, then dom0 again), then UHCI (dom0, a smaller stick).
+    crate::pvusb_tier::tier(
+        "qemu-xhci",
+        "pvusb",
+        r,
+        &art,
+        &guest,
+        pvusb_vars.clone(),
+        true,
+    );
+    crate::pvusb_tier::tier(
+        "piix3-usb-uhci",
+        "pvusb-uhci",
+        r,
+        &art,
+        &guest,
+        pvusb_vars,
+        false,
+    );
 }
 
 /// The Xen-tier checks of a finished boot.
