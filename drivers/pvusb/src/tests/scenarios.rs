@@ -1312,25 +1312,53 @@ fn log_lines_do_not_repeat_the_crate_name_of_their_target() {
     }
 }
 
+/// [`connected`] with the stick enumerated at guest address 5, the resets the backend asks for
+/// left to the test ([`World::do_resets`]).
+fn enumerated_resets_by_hand() -> (World, Frontend) {
+    let (mut w, mut f) = connected(false, Speed::High);
+    w.auto_reset = false;
+    enumerate(&mut w, &mut f, 1, 5);
+    (w, f)
+}
+
+/// Request `id`: a CBW (READ(10) of 8 blocks at LBA 0) to the stick at address 5 on port 1,
+/// whose data and status stages never follow.
+fn half_done_read(w: &mut World, f: &mut Frontend, id: u16) {
+    let (ci, cg) = f.page(true);
+    f.page_mem(ci)
+        .write_bytes(0, &cbw(id as u32, true, 0, 8))
+        .unwrap();
+    f.send(&request(
+        id,
+        bulk_pipe(1, 5, 2, false),
+        [0; 8],
+        &[(cg, 0, 31)],
+    ));
+    w.run(&mut [&mut *f]);
+    assert_eq!(ok(f, id).actual_length, 31);
+}
+
+/// Request `id`: GET_DESCRIPTOR(device, 18 bytes) to address 0 on port 1, the first request of a
+/// (re-)enumeration. Returns the data page.
+fn descriptor_at_address_0(f: &mut Frontend, id: u16) -> (usize, GrantRef) {
+    let (pi, g) = f.page(false);
+    f.send(&request(
+        id,
+        ctrl_pipe(1, 0, true),
+        [0x80, 6, 0, 1, 0, 0, 64, 0],
+        &[(g, 0, 18)],
+    ));
+    (pi, g)
+}
+
 /// The domU of the Xen tier, destroyed in the middle of a read: the stick is left with a
 /// half-done READ(10) (data and CSW still to come). The next frontend must get it reset, and
 /// must not see it before the reset.
 #[test]
 fn a_device_its_frontend_let_go_is_reset_before_the_next_frontend_sees_it() {
-    let (mut w, mut f) = connected(false, Speed::High);
-    w.auto_reset = false;
-    enumerate(&mut w, &mut f, 1, 5);
-    // A CBW for 8 blocks whose data the dying guest never fetches.
-    let (ci, cg) = f.page(true);
-    f.page_mem(ci).write_bytes(0, &cbw(60, true, 0, 8)).unwrap();
-    f.send(&request(
-        60,
-        bulk_pipe(1, 5, 2, false),
-        [0; 8],
-        &[(cg, 0, 31)],
-    ));
-    w.run(&mut [&mut f]);
-    assert_eq!(ok(&mut f, 60).actual_length, 31);
+    let (mut w, mut f) = enumerated_resets_by_hand();
+    // The dying guest never fetches the data of this READ(10).
+    half_done_read(&mut w, &mut f, 60);
     w.sim.destroy_domain(DomId(FE));
     w.server.borrow_mut().remove_domain(FE);
     w.run(&mut []);
@@ -1364,9 +1392,7 @@ fn a_device_its_frontend_let_go_is_reset_before_the_next_frontend_sees_it() {
 
 #[test]
 fn detaching_resets_the_device_at_most_once_a_second() {
-    let (mut w, mut f) = connected(false, Speed::High);
-    w.auto_reset = false;
-    enumerate(&mut w, &mut f, 1, 5);
+    let (mut w, mut f) = enumerated_resets_by_hand();
     // Cleared: a reset is due at once.
     w.assign(FE, 0, 1, "");
     w.run(&mut [&mut f]);
@@ -1420,29 +1446,12 @@ fn a_device_no_frontend_used_is_not_reset() {
 /// frontend keeps it (no disconnect), and the half-done command the guest gave up on is gone.
 #[test]
 fn a_guest_reenumerating_its_device_gets_a_real_reset_without_a_disconnect() {
-    let (mut w, mut f) = connected(false, Speed::High);
-    w.auto_reset = false;
-    enumerate(&mut w, &mut f, 1, 5);
+    let (mut w, mut f) = enumerated_resets_by_hand();
     let conn_before = f.conn_log.len();
-    // A CBW whose data phase the guest never runs (its command timed out).
-    let (ci, cg) = f.page(true);
-    f.page_mem(ci).write_bytes(0, &cbw(60, true, 0, 8)).unwrap();
-    f.send(&request(
-        60,
-        bulk_pipe(1, 5, 2, false),
-        [0; 8],
-        &[(cg, 0, 31)],
-    ));
-    w.run(&mut [&mut f]);
-    assert_eq!(ok(&mut f, 60).actual_length, 31);
+    // The guest never runs the data phase of this READ(10) (its command timed out).
+    half_done_read(&mut w, &mut f, 60);
     // The guest's re-enumeration: GET_DESCRIPTOR to address 0. It waits for the reset.
-    let (pi, g) = f.page(false);
-    f.send(&request(
-        61,
-        ctrl_pipe(1, 0, true),
-        [0x80, 6, 0, 1, 0, 0, 64, 0],
-        &[(g, 0, 18)],
-    ));
+    let (pi, g) = descriptor_at_address_0(&mut f, 61);
     w.run(&mut [&mut f]);
     assert!(f.take(61).is_empty(), "ran before the reset");
     let pending: Vec<String> = w.be.resets_pending().map(|p| p.to_string()).collect();
@@ -1493,16 +1502,8 @@ fn a_guest_reenumerating_its_device_gets_a_real_reset_without_a_disconnect() {
 
 #[test]
 fn a_guest_reset_of_a_device_that_does_not_come_back_shows_a_disconnect() {
-    let (mut w, mut f) = connected(false, Speed::High);
-    w.auto_reset = false;
-    enumerate(&mut w, &mut f, 1, 5);
-    let (_, g) = f.page(false);
-    f.send(&request(
-        61,
-        ctrl_pipe(1, 0, true),
-        [0x80, 6, 0, 1, 0, 0, 64, 0],
-        &[(g, 0, 18)],
-    ));
+    let (mut w, mut f) = enumerated_resets_by_hand();
+    descriptor_at_address_0(&mut f, 61);
     w.run(&mut [&mut f]);
     assert!(f.take(61).is_empty());
     // The reset fails: the device is gone (as usb-core reports an enumeration failure).
