@@ -6,7 +6,7 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-for m in xen-hcd usb-storage sd_mod; do
+for m in xen-hcd usb-storage sd_mod usbhid hid-generic; do
   modprobe $m 2>&1 | sed 's/^/DOMU: modprobe: /'
 done
 echo "DOMU: frontend ready"

@@ -35,11 +35,14 @@ wait_for() {
   return 1
 }
 STICK=""
+KBD=""
 find_stick() {
-  STICK=$(timeout 10 usbdom list 2>/dev/null | awk '$2 == "46f4:0001" { print $1; exit }')
-  [ -n "$STICK" ]
+  l=$(timeout 10 usbdom list 2>/dev/null)
+  STICK=$(echo "$l" | awk '$2 == "46f4:0001" { print $1; exit }')
+  KBD=$(echo "$l" | awk '$2 == "0627:0001" { print $1; exit }')
+  [ -n "$STICK" ] && [ -n "$KBD" ]
 }
-wait_for 30 find_stick || { fail domu-boot "usbdom list shows no stick"; exit 1; }
+wait_for 30 find_stick || { fail domu-boot "usbdom list shows no stick and keyboard"; exit 1; }
 [ -f /guest/vmlinuz ] || { fail domu-boot "no /guest/vmlinuz"; exit 1; }
 
 # The domU's initramfs: static busybox, the modules of this (same) kernel, its /init.
@@ -79,10 +82,13 @@ else
 fi
 
 t0=$(uptime_s)
-out=$(timeout 30 usbdom create-controller $DOMID --ports 1 --wait 2>&1)
+out=$(timeout 30 usbdom create-controller $DOMID --ports 2 --wait 2>&1)
 rc=$?
 echo "$out" | sed 's/^/XT:   /'
-if [ $rc = 0 ] && timeout 30 usbdom attach $DOMID 1 "$STICK" --wait; then
+# The keyboard too: its interrupt transfer waits in the controller until a key is pressed, so
+# the domain dies with a transfer in flight.
+if [ $rc = 0 ] && timeout 30 usbdom attach $DOMID 1 "$STICK" --wait &&
+  timeout 30 usbdom attach $DOMID 2 "$KBD" --wait; then
   pass domu-attach
   echo "PVUSB-MEASURE domu-create-to-connected-s $(elapsed $t0)"
 else
@@ -118,13 +124,27 @@ if wait_for 30 gone; then
 else
   fail domu-destroy-cleanup "usbdom still has the destroyed domain's controller after 30 s"
 fi
-grep -E "vusb $DOMID/" "$CONSOLE_DIR/guest-$BE.log" | tail -5 | sed 's/^/XT:   usbdom: /'
+grep -E "vusb $DOMID/|frontend $DOMID:" "$CONSOLE_DIR/guest-$BE.log" | tail -6 | sed 's/^/XT:   usbdom: /'
+# What the controller still had of it (at least the keyboard's interrupt transfer) came back
+# before its connection was released.
+drained() {
+  grep -qE "vusb $DOMID/0: disconnected \([1-9][0-9]* transfers to drain\)" "$CONSOLE_DIR/guest-$BE.log" &&
+    grep -q "frontend $DOMID: the last transfer of its closed connection is back" "$CONSOLE_DIR/guest-$BE.log"
+}
+if wait_for 15 drained; then
+  pass domu-inflight-drained
+else
+  fail domu-inflight-drained "usbdom did not log transfers to drain and their return for domain $DOMID"
+fi
 # The stick the dead guest left mid-command is reset before anyone gets it again.
-if wait_for 15 grep -q "device $STICK: reset before it is exported again" "$CONSOLE_DIR/guest-$BE.log" &&
-  wait_for 15 find_stick; then
+reset_logged() {
+  grep -q "device $STICK: reset before it is exported again" "$CONSOLE_DIR/guest-$BE.log" &&
+    grep -q "device $KBD: reset before it is exported again" "$CONSOLE_DIR/guest-$BE.log"
+}
+if wait_for 15 reset_logged && wait_for 15 find_stick; then
   pass domu-device-reset
 else
-  fail domu-device-reset "usbdom did not log the reset of $STICK, or it is not listed again"
+  fail domu-device-reset "usbdom did not log the resets of $STICK and $KBD, or they are not listed again"
 fi
 
 # A new frontend (dom0) is served afterwards: the whole device reads back as the image.

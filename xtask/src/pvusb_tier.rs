@@ -4,8 +4,9 @@
 //! and read back, a reset by the guest that usbdom carries out for real) and the keyboard (a HID
 //! input device), detaches, removes the controller.
 //! In the xHCI boot a second Linux domain then becomes the frontend (`tests/xen/pvusb-domu.sh`):
-//! it reads the whole stick (sha256), is destroyed in the middle of its next read, usbdom cleans
-//! up and resets the stick, and dom0 as the next frontend reads the whole device as the image.
+//! it reads the whole stick (sha256), is destroyed in the middle of its next read (with the
+//! keyboard's interrupt transfer in flight), usbdom cleans up and resets both devices, and dom0
+//! as the next frontend reads the whole device as the image.
 //! The scripts print one `PVUSB-CHECK PASS <name>` / `PVUSB-CHECK FAIL <name>: <why>` line per
 //! check and `PVUSB-MEASURE <name> <value>` lines; every expected check must pass.
 
@@ -37,6 +38,7 @@ pub const DOMU_CHECKS: &[&str] = &[
     "domu-attach",
     "domu-disk",
     "domu-destroy-cleanup",
+    "domu-inflight-drained",
     "domu-device-reset",
     "after-destroy-sha256",
 ];

@@ -1186,6 +1186,10 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         if let Some(z) = self.zombies.get_mut(&gen) {
             if z.complete_aborted(&mut self.hv, c) == 0 {
                 let z = self.zombies.remove(&gen).unwrap();
+                log::info!(
+                    "frontend {}: the last transfer of its closed connection is back; connection released",
+                    z.peer().0
+                );
                 z.teardown(&mut self.hv);
             }
             return true;

@@ -261,6 +261,11 @@ impl<H: Hypervisor> Link<H> {
         }
     }
 
+    /// The frontend's domain.
+    pub fn peer(&self) -> DomId {
+        self.peer
+    }
+
     /// Requests received and not answered yet.
     pub fn in_flight(&self) -> usize {
         self.inflight.len()
