@@ -137,6 +137,14 @@ via_usbdom() {
       if timeout 30 usbdom attach $FE 1 "$STICK" --wait $B >/tmp/attach.out 2>&1 && wait_for 60 new_disk; then
         [ $mode = usbdom ] && M attach-to-disk-s "$(secs_since $t0)"
         xt "$mode: /dev/$DISK ($(cat /sys/block/$DISK/size) sectors)"
+        # The data path must deliver the image's bytes (64 KiB O_DIRECT reads).
+        if [ -n "$XT_STICK_SHA256" ]; then
+          sum=$(timeout 120 dd if=/dev/$DISK bs=64k iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
+          [ "$sum" = "$XT_STICK_SHA256" ] && xt "$mode: sha256 matches the image" ||
+            bfail $mode-data "/dev/$DISK sha256 $sum, the image is $XT_STICK_SHA256"
+        else
+          xt "$mode: data check skipped: no XT_STICK_SHA256"
+        fi
         # Pauses longer than usbdom's 10 s statistics window around the phases, so each of its
         # statistics lines covers one phase only.
         PAUSE=11 measure $mode
