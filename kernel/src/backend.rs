@@ -22,13 +22,15 @@
 //!
 //! Data path: by default data moves by grant copy through bounce pages; `usbdom.zero_copy=1`
 //! grant-maps the frontend's pages for DMA instead (both map and unmap batched, one hypercall per
-//! request). Grant copy stays the default: measured side by side in one run of the Xen bench (TCG,
-//! emulated VT-d, `USBDOM_BENCH=xen cargo xtask bench`), grant map read 10.2 MiB/s sequentially
-//! against 12.6 MiB/s for grant copy and its QD1 4 KiB median latency was 1.34x grant copy's. The
-//! frontend's URBs are small (Linux `usb-storage` over `xen-hcd`: 1.4 grant segments per request
-//! on average in that run), so batching the segments of a request saves little, and the unmap
-//! cost is per page anyway: ~90-110 us per page unmapped (TLB + IOTLB flush) and ~16-22 us per
-//! map call, against ~17 us per grant-copy call.
+//! request). Grant copy stays the default: measured side by side in one boot of the Xen bench
+//! (TCG, emulated VT-d, `USBDOM_BENCH=xen cargo xtask bench`, four runs), grant map read
+//! 0.81-0.94x grant copy's sequential MiB/s and its QD1 4 KiB median latency was 1.34-1.75x grant
+//! copy's. The frontend's URBs are small (Linux `usb-storage` over `xen-hcd`: 1.4 grant segments
+//! per request on average), so batching the segments of a request saves little, and the unmap
+//! cost is per page anyway: ~90-230 us per page unmapped (TLB + IOTLB flush), ~20-70 us per map
+//! call, against ~20-33 us per grant-copy call. At QD1 most of a read's latency is outside this
+//! loop: usbdom's three URBs per 4 KiB read took ~0.6-0.8 ms of a ~2.2-3.9 ms read, half of that
+//! in the emulated controller (its work runs inside the doorbell write of the submit).
 //! The loop's statistics line shows, per 10 s window, the grant hypercalls (calls, entries,
 //! time) and where the window's transfers spent their time ([`pvusb::link::UrbTiming`]).
 
