@@ -29,8 +29,10 @@
 //! per request on average), so batching the segments of a request saves little, and the unmap
 //! cost is per page anyway: ~90-230 us per page unmapped (TLB + IOTLB flush), ~20-70 us per map
 //! call, against ~20-33 us per grant-copy call. At QD1 most of a read's latency is outside this
-//! loop: usbdom's three URBs per 4 KiB read took ~0.6-0.8 ms of a ~2.2-3.9 ms read, half of that
-//! in the emulated controller (its work runs inside the doorbell write of the submit).
+//! loop: usbdom's three URBs per 4 KiB read took ~0.6-0.8 ms of a 2.5-3.9 ms mean read, about two
+//! thirds of that in the emulated controller (its work runs inside the doorbell write of the
+//! submit); the rest of the read is the frontend and the event-channel round trips between dom0
+//! and usbdom on the one emulated CPU.
 //! The loop's statistics line shows, per 10 s window, the grant hypercalls (calls, entries,
 //! time) and where the window's transfers spent their time ([`pvusb::link::UrbTiming`]).
 
