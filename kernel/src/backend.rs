@@ -205,10 +205,17 @@ fn urb_line(t: &UrbTiming) -> String {
     )
 }
 
+/// A wake-up this close before the deadline is counted apart in the statistics (Xen's poll timer
+/// and the kernel clock may disagree by a little).
+const EARLY_SLACK_NS: u64 = 500_000;
+
 /// Early wake-ups with no port of ours pending after which the pending ports are logged.
 const SPURIOUS_REPORT: u64 = 1000;
 
 /// Diagnostics of a loop that keeps waking up: every pending event channel, masked or not.
+/// Seen on the Xen bench: under traffic about 1 in 2 sleeps ends ~2 ms after it began, long
+/// before its deadline, with only the console port (never cleared, not watched) pending; the
+/// source of these wake-ups is not known. They cost a loop round each, nothing is lost.
 fn report_stuck_ports(ctx: &Rc<RefCell<Ctx>>) {
     let ev = ctx.borrow().hv.events();
     let mut s = String::new();
@@ -221,7 +228,7 @@ fn report_stuck_ports(ctx: &Rc<RefCell<Ctx>>) {
             ));
         }
     }
-    log::warn!(target: T, "loop keeps waking up with none of its ports pending; pending:{s}");
+    log::info!(target: T, "{SPURIOUS_REPORT} early wake-ups with none of the loop's ports pending so far (each costs one loop round); ports pending now:{s}");
 }
 
 fn run<C: HostController>(
@@ -277,6 +284,9 @@ fn run<C: HostController>(
     let mut grants_before = ctx.borrow().hv.grant_stats();
     let mut urbs_before = pvusb::link::urb_timing_total();
     let (mut woke_early, mut spurious) = (false, 0u64);
+    // Early wake-ups with none of our ports pending in this statistics window, and how many of
+    // them came within EARLY_SLACK_NS of the deadline.
+    let (mut early_none, mut early_near, mut early_by) = (0u64, 0u64, 0u64);
     loop {
         // 1. Pending ports: cleared before the work, so an event that arrives during the work
         //    stays pending and ends the block below at once.
@@ -288,6 +298,10 @@ fn run<C: HostController>(
             }
         });
         if woke_early && !any_port {
+            early_none += 1;
+            if early_by < EARLY_SLACK_NS {
+                early_near += 1;
+            }
             spurious += 1;
             if spurious == SPURIOUS_REPORT {
                 report_stuck_ports(&ctx);
@@ -337,12 +351,13 @@ fn run<C: HostController>(
             let grants = ctx.borrow().hv.grant_stats();
             let urbs = pvusb::link::urb_timing_total();
             if busy_rounds != 0 {
-                log::info!(target: T, "loop: {busy_rounds} busy rounds, {sleeps} sleeps ({timeouts} ended by the timeout); rings {:?}; {}; {}",
-                    be.stats(), grant_line(&grants_before, &grants), urb_line(&urbs.since(&urbs_before)));
+                log::info!(target: T, "loop: {busy_rounds} busy rounds, {sleeps} sleeps ({timeouts} ended by the timeout, {early_none} woke early with no port of ours pending, {early_near} of them within {} us of the deadline); rings {:?}; {}; {}",
+                    EARLY_SLACK_NS / 1000, be.stats(), grant_line(&grants_before, &grants), urb_line(&urbs.since(&urbs_before)));
             }
             grants_before = grants;
             urbs_before = urbs;
             (busy_rounds, sleeps, timeouts) = (0, 0, 0);
+            (early_none, early_near) = (0, 0);
         }
         if busy {
             busy_rounds += 1;
@@ -361,7 +376,9 @@ fn run<C: HostController>(
             log::warn!(target: T, "block: {e:?}");
         }
         sleeps += 1;
-        woke_early = clock.now_ns() < deadline;
+        let woke = clock.now_ns();
+        woke_early = woke < deadline;
+        early_by = deadline.saturating_sub(woke);
         if !woke_early {
             timeouts += 1;
         }

@@ -214,12 +214,7 @@ fn build_qd1(dir: &std::path::Path) -> Result<PathBuf, String> {
     let src = dir.join("qd1.c");
     let bin = dir.join("qd1");
     fs::write(&src, QD1_C).map_err(|e| e.to_string())?;
-    util::run(
-        Command::new("gcc-12")
-            .args(["-O2", "-static", "-Wall", "-o"])
-            .arg(&bin)
-            .arg(&src),
-    )?;
+    xen::dom0_c_program(&src, &bin)?;
     Ok(bin)
 }
 
