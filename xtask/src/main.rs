@@ -28,7 +28,8 @@ const USAGE: &str = "usage: cargo xtask <command>
   build                         build the kernel; print the ELF path and its stripped size
   test [host|qemu|xen|all]      run test tiers (default: all)
        [--scenario NAME]        qemu tier: only this scenario
-  run [--hold SECS]             boot Xen + dom0 + usbdom with an emulated stick and show usbdom's console
+  run [--hold SECS]             boot Xen + dom0 + usbdom with an emulated stick; dom0 as a xen-hcd
+                                frontend gets the stick as /dev/sdX; usbdom's console and dom0's view shown
   e2e [--controller qemu-xhci|piix3-usb-uhci|ich9-usb-uhci1] [--device DEV]... [--script FILE]
       [--on 'LINE=>MONITOR CMD']... [--timeout SECS]
                                 the Xen setup with extra QEMU devices, FILE run in dom0 once usbdom is
