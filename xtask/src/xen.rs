@@ -827,7 +827,12 @@ pub fn cmd_run(hold: u32) -> Result<bool, String> {
         b.dir.display(),
         b.dir.display()
     );
-    let ok = res.ready().is_some();
+    // usbdom came up, and the stick reached dom0 as a xen-hcd frontend (tests/xen/frontend.sh).
+    let frontend = res.out.find("XT: frontend scenario rc=0").is_some();
+    if res.ready().is_some() && !frontend {
+        println!("run: the frontend scenario failed (see the `XT: frontend:` lines above)");
+    }
+    let ok = res.ready().is_some() && frontend;
     if !ok {
         diagnostics(&b, &res);
     }
