@@ -15,16 +15,6 @@ FE=0
 fails=0
 M() { echo "BENCH-MEASURE $1 $2"; }
 bfail() { echo "BENCH-FAIL $1: $2"; fails=$((fails + 1)); }
-wait_for() {
-  local n=$(($1 * 2))
-  shift
-  while [ $n -gt 0 ]; do
-    "$@" && return 0
-    sleep 0.5
-    n=$((n - 1))
-  done
-  return 1
-}
 sd_disks() { ls /sys/block 2>/dev/null | grep '^sd' | sort; }
 DISK=""
 new_disk() {

@@ -7,16 +7,6 @@
 say() { xt "frontend: $*"; }
 show() { sed 's/^/XT:   /'; }
 
-wait_for() {
-  local n=$(($1 * 2))
-  shift
-  while [ $n -gt 0 ]; do
-    "$@" && return 0
-    sleep 0.5
-    n=$((n - 1))
-  done
-  return 1
-}
 LIST=""
 devs() {
   LIST=$(timeout 10 usbdom list 2>&1)

@@ -13,6 +13,18 @@ xlt() { timeout "${XT_XL_TIMEOUT:-30}" xl "$@"; }
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 elapsed() { awk -v a="$1" -v b="$(uptime_s)" 'BEGIN{printf "%.1f", b-a}'; }
 
+# wait_for SECS CMD...: run CMD every 0.5 s until it succeeds; 1 after SECS.
+wait_for() {
+  local n=$(($1 * 2))
+  shift
+  while [ $n -gt 0 ]; do
+    "$@" && return 0
+    sleep 0.5
+    n=$((n - 1))
+  done
+  return 1
+}
+
 # xt_controller_bdf [vvvv:dddd]: the BDF (ssss:bb:dd.f) of the first PCI device with that ID, else of
 # the first USB host controller (class 0x0c03xx).
 xt_controller_bdf() {

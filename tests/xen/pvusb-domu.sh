@@ -24,16 +24,6 @@ fail() {
   dmesg | grep -E 'traps:|segfault' | sed 's/^/XT:   DOM0 PROGRAM CRASHED: /'
   tail -15 "$CONSOLE_DIR/guest-$BE.log" 2>/dev/null | sed 's/^/XT:   usbdom: /'
 }
-wait_for() {
-  local n=$(($1 * 2))
-  shift
-  while [ $n -gt 0 ]; do
-    "$@" && return 0
-    sleep 0.5
-    n=$((n - 1))
-  done
-  return 1
-}
 STICK=""
 KBD=""
 find_stick() {

@@ -25,17 +25,6 @@ pvusb_diag() {
   dmesg | tail -20 | sed 's/^/XT:   dmesg: /'
   tail -20 "$CONSOLE_DIR/guest-$BE.log" 2>/dev/null | sed 's/^/XT:   usbdom: /'
 }
-# wait_for SECS CMD...: run CMD every 0.5 s until it succeeds; 1 after SECS.
-wait_for() {
-  local n=$(($1 * 2))
-  shift
-  while [ $n -gt 0 ]; do
-    "$@" && return 0
-    sleep 0.5
-    n=$((n - 1))
-  done
-  return 1
-}
 sd_disks() { ls /sys/block 2>/dev/null | grep '^sd' | sort; }
 
 # 1. The driver domain publishes the stick and the keyboard.

@@ -145,21 +145,30 @@ mod tests {
         other_users: u32,
     }
 
-    #[test]
-    fn borrows_per_call_and_reaches_the_shared_hypervisor() {
+    type Shared = SharedHv<Ctx, SimDomain>;
+
+    /// A simulator with a frontend (domain 5) and the backend's hypervisor (domain 1) inside a
+    /// shared context, reached through a [`SharedHv`].
+    fn shared() -> (Sim, SimDomain, Rc<RefCell<Ctx>>, Shared) {
         let sim = Sim::new();
         let fe = sim.add_domain(DomId(5));
         let ctx = Rc::new(RefCell::new(Ctx {
             hv: sim.add_domain(DomId(1)),
             other_users: 0,
         }));
-        let mut hv = SharedHv::new(
+        let hv = SharedHv::new(
             ctx.clone(),
             |c| &c.hv,
             |c| &mut c.hv,
             HostMem::page(),
             Port(1),
         );
+        (sim, fe, ctx, hv)
+    }
+
+    #[test]
+    fn borrows_per_call_and_reaches_the_shared_hypervisor() {
+        let (sim, fe, ctx, mut hv) = shared();
         let p = hv.alloc_page().unwrap();
         let g = hv.grant_access(p.frame, DomId(5), false).unwrap();
         // Someone else uses the shared state between the backend's calls.
@@ -179,19 +188,7 @@ mod tests {
 
     #[test]
     fn batches_reach_the_shared_hypervisor_as_one_call_each() {
-        let sim = Sim::new();
-        let mut fe = sim.add_domain(DomId(5));
-        let ctx = Rc::new(RefCell::new(Ctx {
-            hv: sim.add_domain(DomId(1)),
-            other_users: 0,
-        }));
-        let mut hv = SharedHv::new(
-            ctx.clone(),
-            |c| &c.hv,
-            |c| &mut c.hv,
-            HostMem::page(),
-            Port(1),
-        );
+        let (sim, mut fe, ctx, mut hv) = shared();
         let reqs: Vec<MapRequest> = (0..3)
             .map(|_| {
                 let p = fe.alloc_page().unwrap();
