@@ -188,7 +188,7 @@ mod tests {
 
     #[test]
     fn batches_reach_the_shared_hypervisor_as_one_call_each() {
-        let (sim, mut fe, ctx, mut hv) = shared();
+        let (sim, mut fe, _ctx, mut hv) = shared();
         let reqs: Vec<MapRequest> = (0..3)
             .map(|_| {
                 let p = fe.alloc_page().unwrap();
