@@ -401,4 +401,90 @@ mod tests {
             assert_eq!(er.dequeue_addr(), seg_addr + (widx * 16) as u64);
         }
     }
+
+    /// A segment the controller writes while the driver reads it (QEMU completes transfers from
+    /// its I/O thread): one staged event TRB lands right after the driver's first read that
+    /// touches its slot, between two reads of that slot. The bug fixed in 1903c9f: reading all 16
+    /// bytes in one go (parameter first) paired last lap's parameter with the new cycle bit.
+    struct RacyBuf {
+        inner: hal::fake::FakeDmaBuf,
+        /// (offset, bytes) of a TRB the controller writes during the next read of that slot.
+        staged: core::cell::RefCell<Option<(usize, [u8; 16])>>,
+    }
+
+    impl RacyBuf {
+        fn land_if_touched(&self, offset: usize, len: usize) {
+            let mut st = self.staged.borrow_mut();
+            if let Some((at, bytes)) = *st {
+                if offset < at + 16 && at < offset + len {
+                    self.inner.write_bytes(at, &bytes);
+                    *st = None;
+                }
+            }
+        }
+    }
+
+    impl DmaBuf for RacyBuf {
+        fn bus_addr(&self) -> u64 {
+            self.inner.bus_addr()
+        }
+        fn len(&self) -> usize {
+            self.inner.len()
+        }
+        fn read_bytes(&self, offset: usize, out: &mut [u8]) {
+            // Byte by byte in address order, as a CPU copying the TRB would; the controller's
+            // write lands after the first byte of the slot was read.
+            for (i, b) in out.iter_mut().enumerate() {
+                let mut one = [0u8; 1];
+                self.inner.read_bytes(offset + i, &mut one);
+                *b = one[0];
+                self.land_if_touched(offset + i, 1);
+            }
+        }
+        fn write_bytes(&self, offset: usize, data: &[u8]) {
+            self.inner.write_bytes(offset, data)
+        }
+    }
+
+    #[test]
+    fn event_read_racing_the_controller_never_pairs_a_new_cycle_with_old_contents() {
+        let mem = FakeMemory::new(0x10_0000, 0x10000);
+        let dma = FakeDma::new(mem.clone());
+        let racy = |size| RacyBuf {
+            inner: dma.alloc(size, 64).unwrap(),
+            staged: core::cell::RefCell::new(None),
+        };
+        let mut er = EventRing::new(racy(4096), racy(64));
+        let (mut pcs, mut widx) = (true, 0usize);
+        let mut seen = Vec::new();
+        // Three laps: from the second on, each slot holds last lap's TRB (old cycle, old
+        // parameter) when the new one lands in the middle of the driver's read.
+        for n in 0..(3 * RING_TRBS as u64) {
+            let mut t = Trb::with_type(ty::TRANSFER_EVENT);
+            t.parameter = 0x1000 + n;
+            if pcs {
+                t.control |= CYCLE;
+            }
+            *er.seg.staged.borrow_mut() = Some((widx * 16, t.to_bytes()));
+            widx += 1;
+            if widx == RING_TRBS {
+                widx = 0;
+                pcs = !pcs;
+            }
+            // The driver may see nothing yet (it looked just before the write) but never a
+            // torn TRB; by the second look the event is there.
+            let mut got = None;
+            for _ in 0..2 {
+                if let Some(t) = er.pop() {
+                    got = Some(t);
+                    break;
+                }
+            }
+            let t = got.unwrap_or_else(|| panic!("event {n} never seen"));
+            assert_eq!(t.parameter, 0x1000 + n, "torn event TRB at {n}");
+            seen.push(t.parameter);
+            assert_eq!(er.pop(), None);
+        }
+        assert_eq!(seen.len(), 3 * RING_TRBS);
+    }
 }
