@@ -123,19 +123,8 @@ use link::{Env, Link};
 use ratelimit::RateLimit;
 use shared_ring::SharedPortRing;
 
-/// Xenbus device states (`io/xenbus.h`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct XenbusState(pub u32);
-
-impl XenbusState {
-    pub const UNKNOWN: XenbusState = XenbusState(0);
-    pub const INITIALISING: XenbusState = XenbusState(1);
-    pub const INIT_WAIT: XenbusState = XenbusState(2);
-    pub const INITIALISED: XenbusState = XenbusState(3);
-    pub const CONNECTED: XenbusState = XenbusState(4);
-    pub const CLOSING: XenbusState = XenbusState(5);
-    pub const CLOSED: XenbusState = XenbusState(6);
-}
+/// Xenbus device states (`io/xenbus.h`): xenidc's type, re-exported for the backend's users.
+pub use xenidc::xenbus::XenbusState;
 
 /// Backend configuration.
 #[derive(Debug, Clone, Copy)]
