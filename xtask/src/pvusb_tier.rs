@@ -151,8 +151,16 @@ pub fn tier(
             .is_some(),
         "usbdom did not go away after `xl shutdown`",
     );
-    for l in res.out.lines.iter().filter(|l| l.text.contains("DOM0 PROGRAM CRASHED: ")) {
-        println!("{prefix}: NOTE: a dom0 program crashed in this run (not usbdom): {}", l.text);
+    for l in res
+        .out
+        .lines
+        .iter()
+        .filter(|l| l.text.contains("DOM0 PROGRAM CRASHED: "))
+    {
+        println!(
+            "{prefix}: NOTE: a dom0 program crashed in this run (not usbdom): {}",
+            l.text
+        );
     }
     for (k, v) in measures(&res.out.lines) {
         println!("{prefix}: {k} = {v}");
