@@ -19,28 +19,29 @@ pub struct Kernel {
     pub stripped_size: u64,
 }
 
-/// Build the kernel and a stripped copy of it.
-pub fn kernel() -> Result<Kernel, String> {
+/// `cargo build --release -p <package> --target <target>` in the workspace, then a stripped copy
+/// of its binary `<bin>` beside it (`<bin>.stripped`). Returns (binary, stripped copy).
+pub fn release_stripped(
+    package: &str,
+    target: &str,
+    bin: &str,
+) -> Result<(PathBuf, PathBuf), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     util::run(
         Command::new(cargo)
             .current_dir(util::root())
             .env("CARGO_TARGET_DIR", util::target())
-            .args([
-                "build",
-                "-p",
-                "usbdom",
-                "--release",
-                "--target",
-                KERNEL_TARGET,
-            ]),
+            .args(["build", "-p", package, "--release", "--target", target]),
     )?;
-    let elf = util::target()
-        .join(KERNEL_TARGET)
-        .join("release")
-        .join("usbdom");
-    let stripped = elf.with_file_name("usbdom.stripped");
+    let elf = util::target().join(target).join("release").join(bin);
+    let stripped = elf.with_file_name(format!("{bin}.stripped"));
     util::run(Command::new("strip").arg("-o").arg(&stripped).arg(&elf))?;
+    Ok((elf, stripped))
+}
+
+/// Build the kernel and a stripped copy of it.
+pub fn kernel() -> Result<Kernel, String> {
+    let (elf, stripped) = release_stripped("usbdom", KERNEL_TARGET, "usbdom")?;
     let size = fs::metadata(&elf)
         .map_err(|e| format!("{}: {e}", elf.display()))?
         .len();

@@ -175,12 +175,7 @@ mod tests {
     use super::*;
 
     fn l(t: &[&str]) -> Vec<Line> {
-        t.iter()
-            .map(|s| Line {
-                t: 0.0,
-                text: s.to_string(),
-            })
-            .collect()
+        crate::qemu::lines_at_0(t)
     }
 
     #[test]

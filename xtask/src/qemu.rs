@@ -27,6 +27,18 @@ pub struct Line {
     pub text: String,
 }
 
+/// Serial lines with these texts, all at time 0 (for tests of the judges).
+#[cfg(test)]
+pub fn lines_at_0(texts: &[&str]) -> Vec<Line> {
+    texts
+        .iter()
+        .map(|s| Line {
+            t: 0.0,
+            text: s.to_string(),
+        })
+        .collect()
+}
+
 /// What to run.
 pub struct Spec {
     /// Arguments after `qemu-system-x86_64` (without `-monitor`, added here).

@@ -326,12 +326,7 @@ mod tests {
     use crate::qemu::Line;
 
     fn lines(t: &[&str]) -> Vec<Line> {
-        t.iter()
-            .map(|s| Line {
-                t: 0.0,
-                text: s.to_string(),
-            })
-            .collect()
+        crate::qemu::lines_at_0(t)
     }
 
     #[test]

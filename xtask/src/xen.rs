@@ -362,24 +362,8 @@ pub fn run_cpio(guest_elf: &Path, extra: &[(String, PathBuf)]) -> Result<Vec<u8>
 /// initramfs carries it as `/usr/bin/usbdom` (its libraries, libc and libgcc_s, are in the base
 /// image already, copied for the toolstack).
 pub fn dom0_tool() -> Result<PathBuf, String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    util::run(
-        Command::new(cargo)
-            .current_dir(util::root())
-            .env("CARGO_TARGET_DIR", util::target())
-            .args([
-                "build",
-                "-p",
-                "usbdom-tool",
-                "--release",
-                "--target",
-                "x86_64-unknown-linux-gnu",
-            ]),
-    )?;
-    let bin = util::target().join("x86_64-unknown-linux-gnu/release/usbdom");
-    let out = bin.with_file_name("usbdom.stripped");
-    util::run(Command::new("strip").arg("-o").arg(&out).arg(&bin))?;
-    Ok(out)
+    crate::build::release_stripped("usbdom-tool", "x86_64-unknown-linux-gnu", "usbdom")
+        .map(|(_, s)| s)
 }
 
 /// A small C program for dom0, built static (dom0's initramfs has no compiler and only the
