@@ -73,9 +73,8 @@ fn bounded() -> Box<dyn FnMut() -> bool> {
     })
 }
 
-#[test]
-fn tool_and_backend_agree() {
-    let sim = Sim::new();
+/// A simulated xenstore with dom0, usbdom (domain 1, named) and a frontend domain 3.
+fn xenstore_with_usbdom() -> Rc<RefCell<Server>> {
     let server = Rc::new(RefCell::new(Server::new()));
     {
         let mut s = server.borrow_mut();
@@ -84,6 +83,13 @@ fn tool_and_backend_agree() {
         s.add_domain(3);
         s.admin_write("/local/domain/1/name", b"usbdom", &[]);
     }
+    server
+}
+
+#[test]
+fn tool_and_backend_agree() {
+    let sim = Sim::new();
+    let server = xenstore_with_usbdom();
     let be: Rc<RefCell<Be>> = Rc::new(RefCell::new(Backend::new(
         sim.add_domain(DomId(1)),
         ClientStore::new(Client::new(SimTransport::connect(&server, 1)), bounded()),
@@ -185,14 +191,7 @@ fn tool_and_backend_agree() {
 
 #[test]
 fn wait_without_usbdom_is_a_clear_error() {
-    let server = Rc::new(RefCell::new(Server::new()));
-    {
-        let mut s = server.borrow_mut();
-        s.add_domain(0);
-        s.add_domain(1);
-        s.add_domain(3);
-        s.admin_write("/local/domain/1/name", b"usbdom", &[]);
-    }
+    let server = xenstore_with_usbdom();
     let mut t = Tool::new(
         Client::new(SimTransport::connect(&server, 0)),
         bounded(),
