@@ -263,16 +263,37 @@ impl<H: HostController, D: DmaAlloc, C: Clock> Bus<H, D, C> {
             self.detach(id, &mut events);
         }
         if st.connected {
-            match self.enumerate_root_port(port) {
-                Ok(mut evs) => events.append(&mut evs),
-                Err(e) => {
-                    log::error!("port {port}: enumeration failed: {e}; disabling the port");
-                    let _ = self.hc.disable_port(port);
-                    events.push(BusEvent::Failed(route, e));
-                }
-            }
+            self.enumerate_root_port_or_disable(port, &mut events);
         }
         events
+    }
+
+    /// Enumerate what is on root port `port`; if that fails, disable the port and report it.
+    fn enumerate_root_port_or_disable(&mut self, port: u8, events: &mut Vec<BusEvent>) {
+        match self.enumerate_root_port(port) {
+            Ok(mut evs) => events.append(&mut evs),
+            Err(e) => {
+                log::error!("port {port}: enumeration failed: {e}; disabling the port");
+                let _ = self.hc.disable_port(port);
+                events.push(BusEvent::Failed(Route::root(port), e));
+            }
+        }
+    }
+
+    /// Enumerate what is on port `port` of `hub` (at `route`); if that fails, disable the hub
+    /// port and report it.
+    fn enumerate_hub_port_or_disable(
+        &mut self,
+        hub: DeviceId,
+        port: u8,
+        route: Route,
+        events: &mut Vec<BusEvent>,
+    ) {
+        if let Err(e) = self.enumerate_hub_port(hub, port, route, events) {
+            log::error!("usb {route}: enumeration failed: {e}; disabling the hub port");
+            let _ = self.control_nodata(hub, hub::clear_port_feature(port, feature::PORT_ENABLE));
+            events.push(BusEvent::Failed(route, e));
+        }
     }
 
     /// Reset device `id` and enumerate it afresh, as if it had been unplugged and plugged in again:
@@ -296,29 +317,10 @@ impl<H: HostController, D: DmaAlloc, C: Clock> Bus<H, D, C> {
         log::info!("usb {route}: resetting device {id:?}");
         self.detach(id, &mut events);
         match parent {
-            None => {
-                let port = route.root_port;
-                match self.enumerate_root_port(port) {
-                    Ok(mut evs) => events.append(&mut evs),
-                    Err(e) => {
-                        log::error!(
-                            "usb {route}: enumeration after reset failed: {e}; disabling the port"
-                        );
-                        let _ = self.hc.disable_port(port);
-                        events.push(BusEvent::Failed(route, e));
-                    }
-                }
-            }
+            None => self.enumerate_root_port_or_disable(route.root_port, &mut events),
             Some(hub) => {
                 let port = route.port_at(route.depth).unwrap_or(0);
-                if let Err(e) = self.enumerate_hub_port(hub, port, route, &mut events) {
-                    log::error!(
-                        "usb {route}: enumeration after reset failed: {e}; disabling the hub port"
-                    );
-                    let _ = self
-                        .control_nodata(hub, hub::clear_port_feature(port, feature::PORT_ENABLE));
-                    events.push(BusEvent::Failed(route, e));
-                }
+                self.enumerate_hub_port_or_disable(hub, port, route, &mut events);
             }
         }
         events
@@ -620,15 +622,7 @@ impl<H: HostController, D: DmaAlloc, C: Clock> Bus<H, D, C> {
             self.detach(id, &mut events);
         }
         if st.connected() {
-            match self.enumerate_hub_port(hub, port, route, &mut events) {
-                Ok(()) => {}
-                Err(e) => {
-                    log::error!("usb {route}: enumeration failed: {e}; disabling the hub port");
-                    let _ = self
-                        .control_nodata(hub, hub::clear_port_feature(port, feature::PORT_ENABLE));
-                    events.push(BusEvent::Failed(route, e));
-                }
-            }
+            self.enumerate_hub_port_or_disable(hub, port, route, &mut events);
         }
         events
     }
