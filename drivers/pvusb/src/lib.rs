@@ -726,11 +726,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         }
         for i in 0..v.ports.len() {
             if let Some(path) = v.ports[i].assigned {
-                if let Some(d) = self
-                    .devices
-                    .get(&path)
-                    .filter(|_| !self.resets.contains(&path))
-                {
+                if let Some(d) = announceable(&self.devices, &self.resets, path) {
                     link.queue_conn(&mut v.ports, i as u8 + 1, visible_speed(v.usb_ver, d));
                 }
             }
@@ -845,10 +841,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
                 let v = self.vusbs.get_mut(&key).unwrap();
                 v.ports[port as usize - 1].assigned = Some(new);
                 v.ports[port as usize - 1].reset_guest_state();
-                let d = self
-                    .devices
-                    .get(&new)
-                    .filter(|_| !self.resets.contains(&new));
+                let d = announceable(&self.devices, &self.resets, new);
                 if let (Some(link), Some(d)) = (v.link.as_mut(), d) {
                     link.queue_conn(&mut v.ports, port, visible_speed(v.usb_ver, d));
                 }
@@ -1041,11 +1034,14 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
 
     /// The owner is about to reset `path` (one of [`Backend::take_due_resets`]) and report it
     /// through [`Backend::handle_bus_events`]; [`Backend::end_reset`] follows. Only needed for
-    /// a reset a guest asked for: its frontend keeps the device meanwhile.
-    pub fn begin_reset(&mut self, path: PortPath) {
-        if self.guest_resets.remove(&path) {
+    /// a reset a guest asked for: its frontend keeps the device meanwhile. Returns whether it is
+    /// such a reset.
+    pub fn begin_reset(&mut self, path: PortPath) -> bool {
+        let guest = self.guest_resets.remove(&path);
+        if guest {
             self.quiet_reset = Some(path);
         }
+        guest
     }
 
     /// The reset of `path` was reported. If the device did not come back, its frontend now sees
@@ -1078,13 +1074,11 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         let mut any = false;
         for (path, id) in self.take_due_resets() {
             any = true;
-            let guest = self.guest_resets.contains(&path);
-            if guest {
+            if self.begin_reset(path) {
                 log::info!("device {path}: reset, as its guest asked");
             } else {
                 log::info!("device {path}: reset before it is exported again");
             }
-            self.begin_reset(path);
             let evs = bus.reset_device(id);
             let r = self.handle_bus_events(&mut bus.hc, &bus.registry, &evs);
             self.end_reset(&mut bus.hc, path);
@@ -1205,6 +1199,16 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         self.service(hc, key);
         true
     }
+}
+
+/// The device at `path`, if a frontend may be told about it: it is there and owes no reset (see
+/// [`Backend::take_due_resets`]). A free function so that callers can hold a frontend's entry.
+fn announceable<'a>(
+    devices: &'a BTreeMap<PortPath, PhysDevice>,
+    resets: &BTreeSet<PortPath>,
+    path: PortPath,
+) -> Option<&'a PhysDevice> {
+    devices.get(&path).filter(|_| !resets.contains(&path))
 }
 
 /// The speed announced for `d` on a controller of `usb_ver`: a USB 1.1 virtual controller cannot
