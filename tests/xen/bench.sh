@@ -106,12 +106,7 @@ via_usbdom() {
   usbdom_start "$zc"; rc=$?
   if [ $rc = 0 ]; then
     M $mode-domid "$(xlt domid "$XT_NAME")"
-    STICK=""
-    find_stick() {
-      STICK=$(timeout 10 usbdom list $B 2>/dev/null | awk '$2 == "46f4:0001" { print $1; exit }')
-      [ -n "$STICK" ]
-    }
-    wait_for 30 find_stick || bfail $mode-list "usbdom list shows no stick"
+    wait_for 30 xt_find_devs $B || bfail $mode-list "usbdom list shows no stick"
     t0=$(uptime_s)
     out=$(timeout 30 usbdom create-controller $FE --ports 1 --version 2 --wait $B 2>&1)
     crc=$?

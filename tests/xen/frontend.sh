@@ -7,15 +7,8 @@
 say() { xt "frontend: $*"; }
 show() { sed 's/^/XT:   /'; }
 
-LIST=""
-devs() {
-  LIST=$(timeout 10 usbdom list 2>&1)
-  STICK=$(echo "$LIST" | awk '$2 == "46f4:0001" { print $1; exit }')
-  KBD=$(echo "$LIST" | awk '$2 == "0627:0001" { print $1; exit }')
-  [ -n "$STICK" ]
-}
 say "the devices usbdom publishes (usbdom list):"
-if ! wait_for 30 devs; then
+if ! wait_for 30 xt_find_devs; then
   echo "$LIST" | show
   say "usbdom lists no stick"
   exit 1

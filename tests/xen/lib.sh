@@ -25,6 +25,17 @@ wait_for() {
   return 1
 }
 
+# xt_find_devs [ARGS]: LIST = the output of `usbdom list ARGS`; STICK and KBD = the paths of
+# QEMU's usb-storage (46f4:0001) and usb-kbd (0627:0001) in it. 0 when the stick is listed.
+xt_find_devs() {
+  LIST=$(timeout 10 usbdom list "$@" 2>&1)
+  STICK=$(echo "$LIST" | awk '$2 == "46f4:0001" { print $1; exit }')
+  KBD=$(echo "$LIST" | awk '$2 == "0627:0001" { print $1; exit }')
+  [ -n "$STICK" ]
+}
+# xt_find_both [ARGS]: xt_find_devs, and 0 only when the keyboard is listed too.
+xt_find_both() { xt_find_devs "$@" && [ -n "$KBD" ]; }
+
 # xt_controller_bdf [vvvv:dddd]: the BDF (ssss:bb:dd.f) of the first PCI device with that ID, else of
 # the first USB host controller (class 0x0c03xx).
 xt_controller_bdf() {

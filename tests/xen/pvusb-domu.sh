@@ -24,15 +24,7 @@ fail() {
   dmesg | grep -E 'traps:|segfault' | sed 's/^/XT:   DOM0 PROGRAM CRASHED: /'
   tail -15 "$CONSOLE_DIR/guest-$BE.log" 2>/dev/null | sed 's/^/XT:   usbdom: /'
 }
-STICK=""
-KBD=""
-find_stick() {
-  l=$(timeout 10 usbdom list 2>/dev/null)
-  STICK=$(echo "$l" | awk '$2 == "46f4:0001" { print $1; exit }')
-  KBD=$(echo "$l" | awk '$2 == "0627:0001" { print $1; exit }')
-  [ -n "$STICK" ] && [ -n "$KBD" ]
-}
-wait_for 30 find_stick || { fail domu-boot "usbdom list shows no stick and keyboard"; exit 1; }
+wait_for 30 xt_find_both || { fail domu-boot "usbdom list shows no stick and keyboard"; exit 1; }
 [ -f /guest/vmlinuz ] || { fail domu-boot "no /guest/vmlinuz"; exit 1; }
 
 # The domU's initramfs: static busybox, the modules of this (same) kernel, its /init.
@@ -131,7 +123,7 @@ reset_logged() {
   grep -q "device $STICK: reset before it is exported again" "$CONSOLE_DIR/guest-$BE.log" &&
     grep -q "device $KBD: reset before it is exported again" "$CONSOLE_DIR/guest-$BE.log"
 }
-if wait_for 15 reset_logged && wait_for 15 find_stick; then
+if wait_for 15 reset_logged && wait_for 15 xt_find_both; then
   pass domu-device-reset
 else
   fail domu-device-reset "usbdom did not log the resets of $STICK and $KBD, or they are not listed again"

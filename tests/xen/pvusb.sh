@@ -28,16 +28,7 @@ pvusb_diag() {
 sd_disks() { ls /sys/block 2>/dev/null | grep '^sd' | sort; }
 
 # 1. The driver domain publishes the stick and the keyboard.
-STICK=""
-KBD=""
-LIST=""
-find_devs() {
-  LIST=$(timeout 10 usbdom list 2>&1)
-  STICK=$(echo "$LIST" | awk '$2 == "46f4:0001" { print $1; exit }')
-  KBD=$(echo "$LIST" | awk '$2 == "0627:0001" { print $1; exit }')
-  [ -n "$STICK" ] && [ -n "$KBD" ]
-}
-if wait_for 30 find_devs; then
+if wait_for 30 xt_find_both; then
   pass list
 else
   fail list "usbdom list shows no stick (46f4:0001) and keyboard (0627:0001)"
