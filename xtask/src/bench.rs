@@ -221,6 +221,11 @@ fn micro(r: &mut Report) {
             "xenidc exposes no examples/bench_*.rs yet",
         );
     }
+    // Instruction counts need valgrind (a fresh machine lacks it): install it like every other
+    // prerequisite; where that cannot be done the table says so per row.
+    if let Ok(util::Prereq::Unavailable(why)) | Err(why) = util::ensure_packages(&["valgrind"]) {
+        println!("bench: no instruction counts: {why}");
+    }
     let have_valgrind = util::have("valgrind");
     for (pkg, ex, dir) in benches {
         let name = format!("bench: {pkg}/{ex}");

@@ -1,7 +1,7 @@
 //! `cargo xtask build`: the kernel ELF for `x86_64-unknown-none`, and its stripped size.
 //!
-//! The kernel is built into the workspace's normal `target/` (whatever `CARGO_TARGET_DIR` xtask
-//! itself was built with). Linker flags (the linker script) come from the kernel's own `build.rs`
+//! The kernel is built into [`util::target`] (`CARGO_TARGET_DIR`, else the workspace's `target/`),
+//! after [`crate::toolchain::ensure`] made sure the toolchain has the kernel target. Linker flags (the linker script) come from the kernel's own `build.rs`
 //! (`cargo:rustc-link-arg`), so a plain `cargo build` of the package is enough here.
 
 use std::fs;
@@ -41,6 +41,11 @@ pub fn release_stripped(
 
 /// Build the kernel and a stripped copy of it.
 pub fn kernel() -> Result<Kernel, String> {
+    crate::toolchain::ensure()?;
+    // `strip` (binutils) makes the stripped copy.
+    if let util::Prereq::Unavailable(why) = util::ensure_packages(&["binutils"])? {
+        return Err(format!("cannot make the stripped kernel: {why}"));
+    }
     let (elf, stripped) = release_stripped("usbdom", KERNEL_TARGET, "usbdom")?;
     let size = fs::metadata(&elf)
         .map_err(|e| format!("{}: {e}", elf.display()))?

@@ -38,6 +38,7 @@ pub fn tier(r: &mut Report) {
         Err(e) => r.fail("host: cargo test (workspace default members)", e),
     }
     println!("host: cargo test took {:.0}s", util::secs(t0));
+    crate::toolchain::repair_check(r);
     fuzz(r);
 }
 
@@ -171,11 +172,25 @@ fn fuzz(r: &mut Report) {
         return;
     }
     if !nightly() {
-        r.skip(
-            "host: fuzz",
-            "no nightly toolchain (rustup toolchain install nightly)",
+        // A fresh machine has only the toolchain rust-toolchain.toml names; cargo-fuzz needs a
+        // nightly one (sanitizer flags). Install it as the set-up of every other prerequisite does.
+        println!(
+            "xtask: fuzzing needs a nightly toolchain and there is none: installing it with rustup"
         );
-        return;
+        let installed = util::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]));
+        if let Err(e) = installed {
+            r.skip(
+                "host: fuzz",
+                format!("no nightly toolchain, and `rustup toolchain install nightly` failed: {e}"),
+            );
+            return;
+        }
     }
     if !cargo_fuzz_installed() {
         if let Err(e) =

@@ -16,6 +16,7 @@ mod pvusb_tier;
 mod qemu;
 mod qemu_tier;
 mod report;
+mod toolchain;
 mod util;
 mod xen;
 
@@ -119,11 +120,13 @@ fn done(r: Result<(), String>) -> ExitCode {
     }
 }
 
-fn ok_or_fail(r: Result<bool, String>) -> ExitCode {
+/// A boot's end: the setup's error, or what the boot came to ([`xen::verdict`]), named on the
+/// last line.
+fn ok_or_fail(r: Result<Result<(), String>, String>) -> ExitCode {
     match r {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("xtask: FAILED (usbdom did not get ready; see the diagnostics above)");
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(what)) => {
+            eprintln!("xtask: FAILED: {what}");
             ExitCode::FAILURE
         }
         Err(e) => {

@@ -14,10 +14,20 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The workspace's normal target directory (kernel artifacts and tier logs go here, whatever
-/// `CARGO_TARGET_DIR` the xtask binary itself was built with).
+/// The target directory for the kernel, the tiers' caches and logs: `CARGO_TARGET_DIR` when it is
+/// set (as for the rest of the workspace), else the workspace's `target/`.
 pub fn target() -> PathBuf {
-    root().join("target")
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() {
+                d
+            } else {
+                root().join(d)
+            }
+        }
+        _ => root().join("target"),
+    }
 }
 
 /// Format a command line for logs and diagnostics (shell-quoted where needed).

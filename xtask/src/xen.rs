@@ -446,7 +446,7 @@ impl BootResult {
         self.out
             .lines
             .iter()
-            .find(|l| l.text.starts_with("U| ") && l.text.contains("usbdom: ready"))
+            .find(|l| is_ready_line(l))
             .map(|l| l.t)
     }
     pub fn timings(&self) -> String {
@@ -782,7 +782,7 @@ pub fn judge(r: &mut Report, b: &Boot, res: &BootResult) {
 }
 
 /// `cargo xtask run`: boot everything and show what usbdom prints.
-pub fn cmd_run(hold: u32) -> Result<bool, String> {
+pub fn cmd_run(hold: u32) -> Result<Result<(), String>, String> {
     let art = match prepare()? {
         Ok(a) => a,
         Err(why) => return Err(format!("cannot run: {why}")),
@@ -812,15 +812,41 @@ pub fn cmd_run(hold: u32) -> Result<bool, String> {
         b.dir.display()
     );
     // usbdom came up, and the stick reached dom0 as a xen-hcd frontend (tests/xen/frontend.sh).
-    let frontend = res.out.find("XT: frontend scenario rc=0").is_some();
-    if res.ready().is_some() && !frontend {
-        println!("run: the frontend scenario failed (see the `XT: frontend:` lines above)");
-    }
-    let ok = res.ready().is_some() && frontend;
-    if !ok {
+    let verdict = verdict(
+        &res.out.lines,
+        "the frontend scenario (tests/xen/frontend.sh: the stick reaching dom0 as /dev/sdX; see the `XT: frontend:` lines above)",
+        "XT: frontend scenario rc=",
+    );
+    if verdict.is_err() {
         diagnostics(&b, &res);
     }
-    Ok(ok)
+    Ok(verdict)
+}
+
+const NOT_READY: &str = "usbdom did not get ready; see the diagnostics above";
+
+/// usbdom's console line that says it serves (relayed by dom0 with `U| `).
+fn is_ready_line(l: &Line) -> bool {
+    l.text.starts_with("U| ") && l.text.contains("usbdom: ready")
+}
+
+/// What a `run` or `e2e` boot came to: `Ok` when usbdom got ready and the dom0 script `what` ended
+/// with status 0 (its `rc_marker` line, e.g. `XT: user script rc=0`); else the one thing that
+/// failed, for the command's last line.
+pub fn verdict(lines: &[Line], what: &str, rc_marker: &str) -> Result<(), String> {
+    let ready = lines.iter().any(is_ready_line);
+    if !ready {
+        return Err(NOT_READY.into());
+    }
+    match lines.iter().find_map(|l| l.text.strip_prefix(rc_marker)) {
+        Some("0") => Ok(()),
+        Some(rc) => Err(format!(
+            "{what} exited with status {rc} (usbdom was ready; its console is above)"
+        )),
+        None => Err(format!(
+            "{what} did not finish (no `{rc_marker}` line: killed by the timeout or dom0 died); usbdom was ready"
+        )),
+    }
 }
 
 /// Options of `cargo xtask e2e`.
@@ -835,7 +861,7 @@ pub struct E2e {
 }
 
 /// `cargo xtask e2e`: the Xen setup with extra devices, a user script in dom0, a monitor socket.
-pub fn cmd_e2e(o: E2e) -> Result<bool, String> {
+pub fn cmd_e2e(o: E2e) -> Result<Result<(), String>, String> {
     let art = match prepare()? {
         Ok(a) => a,
         Err(why) => return Err(format!("cannot run: {why}")),
@@ -882,11 +908,19 @@ pub fn cmd_e2e(o: E2e) -> Result<bool, String> {
         user_rc.as_deref().unwrap_or("(not run)"),
         b.dir.display()
     );
-    let ok = res.ready().is_some() && (o.script.is_none() || user_rc.as_deref() == Some("0"));
-    if !ok {
+    let verdict = match &o.script {
+        Some(s) => verdict(
+            &res.out.lines,
+            &format!("the user script {}", s.display()),
+            "XT: user script rc=",
+        ),
+        None if res.ready().is_some() => Ok(()),
+        None => Err(NOT_READY.into()),
+    };
+    if verdict.is_err() {
         diagnostics(&b, &res);
     }
-    Ok(ok)
+    Ok(verdict)
 }
 
 #[cfg(test)]
@@ -974,6 +1008,34 @@ mod tests {
         assert!(
             t.contains("usbdom first line 2.0s -> usbdom ready 2.5s"),
             "{t}"
+        );
+    }
+
+    #[test]
+    fn run_and_e2e_name_what_failed() {
+        const RC: &str = "XT: user script rc=";
+        let ready = "U| [  0.5] INFO usbdom: usbdom: ready";
+        // The user script failed while usbdom served: the script is named, not usbdom.
+        let e = verdict(
+            &l(&[ready, "XT: user script rc=3"]),
+            "the user script t.sh",
+            RC,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("the user script t.sh exited with status 3"),
+            "{e}"
+        );
+        assert!(!e.contains("did not get ready"), "{e}");
+        // usbdom never got ready: that is what is named, whatever the script did.
+        let e = verdict(&l(&["XT-DOM0-READY", "XT: user script rc=1"]), "x", RC).unwrap_err();
+        assert!(e.starts_with("usbdom did not get ready"), "{e}");
+        // The script never finished.
+        let e = verdict(&l(&[ready]), "the user script t.sh", RC).unwrap_err();
+        assert!(e.contains("t.sh did not finish"), "{e}");
+        assert_eq!(
+            verdict(&l(&[ready, "XT: user script rc=0"]), "x", RC),
+            Ok(())
         );
     }
 
