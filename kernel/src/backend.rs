@@ -12,8 +12,9 @@
 //! 2. `control/shutdown` ([`crate::xen::check_shutdown`]);
 //! 3. the backend's xenstore events, then [`pvusb::Backend::tick`] when it asked for it or
 //!    [`TICK_NS`] passed;
-//! 4. [`pvusb::Backend::process_rings`] once; [`pvusb::Backend::poll_bus`] (completions, root
-//!    port changes); every [`HUB_POLL_NS`] the hubs' status change endpoints;
+//! 4. [`pvusb::Backend::poll_bus`] (completions, each answered frontend served once; root port
+//!    changes), then [`pvusb::Backend::process_rings`] once; every [`HUB_POLL_NS`] the hubs'
+//!    status change endpoints;
 //! 5. block on all those ports (`SCHEDOP_poll`) until the next deadline, at most
 //!    [`MAX_SLEEP_NS`] (the polling safety net).
 //!
@@ -331,13 +332,16 @@ fn run<C: HostController>(
                 }
             };
         }
-        // 4. Rings once, then the controller.
-        let more = be.process_rings(&mut bus.hc);
-        let mut busy = more;
-        match be.poll_bus(&mut bus) {
-            Ok(any) => busy |= any,
-            Err(e) => log::warn!(target: T, "{}", be_err("controller events", e)),
-        }
+        // 4. The controller first (finished transfers are answered, each frontend that got an
+        //    answer is served once), then every ring once.
+        let mut busy = match be.poll_bus(&mut bus) {
+            Ok(any) => any,
+            Err(e) => {
+                log::warn!(target: T, "{}", be_err("controller events", e));
+                false
+            }
+        };
+        busy |= be.process_rings(&mut bus.hc);
         let now = clock.now_ns();
         if now >= next_hubs {
             next_hubs = now + HUB_POLL_NS;

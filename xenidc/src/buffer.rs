@@ -445,13 +445,25 @@ impl<H: Hypervisor> Mapper<H> {
         Ok(buf)
     }
 
-    fn copy(&mut self, hv: &mut H, buf: &LocalBuffer, to_local: bool) -> Result<(), BufferError> {
+    /// Append the grant-copy operations that move the first `limit` bytes of `buf` between its
+    /// bounce pages and the peer's pages (none for a mapped buffer).
+    fn push_copy_ops(
+        &mut self,
+        buf: &LocalBuffer,
+        to_local: bool,
+        limit: usize,
+    ) -> Result<(), BufferError> {
         self.check_owner(buf)?;
         if buf.kind != Kind::Bounced {
             return Ok(());
         }
-        self.copy_ops.clear();
+        let mut left = limit;
         for p in buf.parts.iter() {
+            if left == 0 {
+                break;
+            }
+            let len = (p.len as usize).min(left);
+            left -= len;
             let remote = CopyPtr::Grant {
                 dom: buf.dom,
                 gref: p.gref,
@@ -466,11 +478,15 @@ impl<H: Hypervisor> Mapper<H> {
             } else {
                 (local, remote)
             };
-            self.copy_ops.push(CopyOp::new(src, dst, p.len));
+            self.copy_ops.push(CopyOp::new(src, dst, len as u16));
         }
-        hv.grant_copy(&mut self.copy_ops)
-            .map_err(BufferError::Xen)?;
-        for (index, op) in self.copy_ops.iter().enumerate() {
+        Ok(())
+    }
+
+    /// The outcome of the operations `ops` (pushed by [`Mapper::push_copy_ops`] for `buf`) after
+    /// the hypercall: the first piece that failed, with its grant status.
+    fn copy_result(buf: &LocalBuffer, ops: &[CopyOp]) -> Result<(), BufferError> {
+        for (index, op) in ops.iter().enumerate() {
             if op.status != GntStatus::OKAY {
                 return Err(BufferError::Grant {
                     index,
@@ -482,16 +498,78 @@ impl<H: Hypervisor> Mapper<H> {
         Ok(())
     }
 
+    /// Copy the first `limit` bytes of the buffer between the bounce pages and the peer's.
+    fn copy(
+        &mut self,
+        hv: &mut H,
+        buf: &LocalBuffer,
+        to_local: bool,
+        limit: usize,
+    ) -> Result<(), BufferError> {
+        self.copy_ops.clear();
+        self.push_copy_ops(buf, to_local, limit)?;
+        if self.copy_ops.is_empty() {
+            return Ok(());
+        }
+        hv.grant_copy(&mut self.copy_ops)
+            .map_err(BufferError::Xen)?;
+        Self::copy_result(buf, &self.copy_ops)
+    }
+
+    /// [`Mapper::copy_out_prefix`] of several buffers (each with the bytes it delivered), with
+    /// their pieces in as few grant-copy hypercalls as the hypervisor layer allows, instead of
+    /// one or more per buffer. Returns one result per buffer, in order.
+    pub fn copy_out_many(
+        &mut self,
+        hv: &mut H,
+        items: &[(&LocalBuffer, usize)],
+    ) -> Vec<Result<(), BufferError>> {
+        self.copy_ops.clear();
+        let mut ranges = Vec::with_capacity(items.len());
+        for (buf, len) in items {
+            let start = self.copy_ops.len();
+            let r = self.push_copy_ops(buf, false, (*len).min(buf.len as usize));
+            ranges.push(r.map(|()| start..self.copy_ops.len()));
+        }
+        let call = if self.copy_ops.is_empty() {
+            Ok(())
+        } else {
+            hv.grant_copy(&mut self.copy_ops)
+        };
+        items
+            .iter()
+            .zip(ranges)
+            .map(|((buf, _), range)| {
+                let range = range?;
+                call.map_err(BufferError::Xen)?;
+                Self::copy_result(buf, &self.copy_ops[range])
+            })
+            .collect()
+    }
+
     /// Bounce buffers: copy the peer's data into the bounce pages (before an OUT transfer).
     /// No-op for mapped buffers.
     pub fn copy_in(&mut self, hv: &mut H, buf: &LocalBuffer) -> Result<(), BufferError> {
-        self.copy(hv, buf, true)
+        self.copy(hv, buf, true, buf.len as usize)
     }
 
     /// Bounce buffers: copy the bounce pages back to the peer (after an IN transfer).
     /// No-op for mapped buffers.
     pub fn copy_out(&mut self, hv: &mut H, buf: &LocalBuffer) -> Result<(), BufferError> {
-        self.copy(hv, buf, false)
+        self.copy(hv, buf, false, buf.len as usize)
+    }
+
+    /// [`Mapper::copy_out`] of the first `len` bytes only: what an IN transfer delivered
+    /// (its actual length). The peer's bytes past them are not written (nor is anything left
+    /// in the bounce pages by earlier transfers copied to it), and a short transfer costs no
+    /// copy of what it did not fill. No hypercall for `len` 0.
+    pub fn copy_out_prefix(
+        &mut self,
+        hv: &mut H,
+        buf: &LocalBuffer,
+        len: usize,
+    ) -> Result<(), BufferError> {
+        self.copy(hv, buf, false, len.min(buf.len as usize))
     }
 
     /// Call `f(bus_addr, len)` for each piece, in order: the DMA scatter list.

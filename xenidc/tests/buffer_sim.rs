@@ -267,3 +267,40 @@ mod props {
         }
     }
 }
+
+/// A short IN transfer copies back only what it delivered: the peer's bytes past `actual` stay
+/// as they were (nothing of an earlier transfer left in the bounce pages reaches it), over a
+/// piece boundary too, and an empty transfer makes no copy.
+#[test]
+fn copy_out_prefix_copies_only_the_delivered_bytes() {
+    let sim = Sim::new();
+    let mut be = sim.add_domain(BE);
+    let mut fe = sim.add_domain(FE);
+    let pages = granted(&mut fe, 2, false);
+    let segs = [seg(pages[0].1, 10, 20), seg(pages[1].1, 4000, 96)];
+    let rb = RemoteBuffer::new(FE, Direction::FromDevice, &segs, 116).unwrap();
+    let mut mapper = Mapper::new(&mut be, FE, 0, 4).unwrap();
+    let lb = mapper.bounce(&rb).unwrap();
+    // Stale bytes of an "earlier transfer" fill the bounce pages; this one delivered 25.
+    mapper.write(&lb, 0, &[0x55; 116]).unwrap();
+    mapper.write(&lb, 0, &[0xaa; 25]).unwrap();
+    let copies = be.stats().copies_total;
+    mapper.copy_out_prefix(&mut be, &lb, 25).unwrap();
+    assert_eq!(be.stats().copies_total, copies + 2, "two pieces, one call");
+    assert_eq!(pages[0].0.mem.read_u8(29).unwrap(), 0xaa);
+    assert_eq!(pages[1].0.mem.read_u8(4000).unwrap(), 0xaa);
+    assert_eq!(pages[1].0.mem.read_u8(4004).unwrap(), 0xaa);
+    assert_eq!(
+        pages[1].0.mem.read_u8(4005).unwrap(),
+        2,
+        "past actual: untouched"
+    );
+    assert_eq!(pages[1].0.mem.read_u8(4095).unwrap(), 2);
+    mapper.copy_out_prefix(&mut be, &lb, 0).unwrap();
+    assert_eq!(
+        be.stats().copies_total,
+        copies + 2,
+        "nothing delivered, nothing copied"
+    );
+    mapper.release(&mut be, lb).unwrap();
+}

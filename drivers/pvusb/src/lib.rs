@@ -265,6 +265,8 @@ pub struct Backend<H: Hypervisor, S: Store> {
     next_gen: u64,
     limit: RateLimit,
     stats: Stats,
+    /// Frontends with answers not yet published ([`Backend::answer`], [`Backend::publish`]).
+    unpublished: Vec<Key>,
 }
 
 fn parse_dec(s: &str) -> Option<u32> {
@@ -303,6 +305,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
             next_gen: 1,
             limit: RateLimit::new(20, 1_000_000_000),
             stats: Stats::default(),
+            unpublished: Vec::new(),
         }
     }
 
@@ -1087,11 +1090,14 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
                 log::warn!("device {path} did not come back after its reset");
             }
         }
+        // Every completion the controller has is answered first; each frontend that got one is
+        // served once afterwards (its responses published with at most one notification, its
+        // new requests taken), not once per completion.
         while let Some(ev) = bus.poll() {
             any = true;
             match ev {
                 HcEvent::Transfer(c) => {
-                    if !self.complete(&mut bus.hc, &c) {
+                    if !self.answer(&mut bus.hc, &c) {
                         log::debug!("completion {:?} is not the backend's", c.id);
                     }
                 }
@@ -1104,6 +1110,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
                 }
             }
         }
+        self.publish(&mut bus.hc);
         Ok(any)
     }
 
@@ -1161,11 +1168,49 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         }
     }
 
-    /// A controller completion. Returns false if the transfer is not one of the backend's.
+    /// A controller completion: the request is answered and the frontend's ring served. Returns
+    /// false if the transfer is not one of the backend's. (An owner with many completions at once
+    /// does better with [`Backend::poll_bus`], which serves each frontend once for all of them.)
     pub fn complete<C: HostController>(&mut self, hc: &mut C, c: &Completion) -> bool {
-        let Some(gen) = self.owners.remove(&c.id) else {
-            return false;
-        };
+        let ours = self.answer(hc, c);
+        self.publish(hc);
+        ours
+    }
+
+    /// A controller completion, answered but not published: the response waits on its frontend
+    /// until [`Backend::publish`], so that a batch of completions costs each frontend one
+    /// publication and at most one notification. Returns false if the transfer is not one of
+    /// the backend's.
+    pub fn answer<C: HostController>(&mut self, hc: &mut C, c: &Completion) -> bool {
+        match self.answer_inner(hc, c) {
+            None => false,
+            Some(None) => true,
+            Some(Some(key)) => {
+                if !self.unpublished.contains(&key) {
+                    self.unpublished.push(key);
+                }
+                true
+            }
+        }
+    }
+
+    /// Serve each frontend that [`Backend::answer`] answered since the last call, once: its
+    /// responses are published (one notification if it asked for one) and its new requests
+    /// taken.
+    pub fn publish<C: HostController>(&mut self, hc: &mut C) {
+        for key in core::mem::take(&mut self.unpublished) {
+            self.service(hc, key);
+        }
+    }
+
+    /// [`Backend::answer`]: `None` if the transfer is not the backend's, else the frontend to
+    /// serve (none for a closed connection's transfer).
+    fn answer_inner<C: HostController>(
+        &mut self,
+        hc: &mut C,
+        c: &Completion,
+    ) -> Option<Option<Key>> {
+        let gen = self.owners.remove(&c.id)?;
         if let Some(z) = self.zombies.get_mut(&gen) {
             if z.complete_aborted(&mut self.hv, c) == 0 {
                 let z = self.zombies.remove(&gen).unwrap();
@@ -1175,7 +1220,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
                 );
                 z.teardown(&mut self.hv);
             }
-            return true;
+            return Some(None);
         }
         let Some(key) = self
             .vusbs
@@ -1183,7 +1228,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
             .find(|(_, v)| v.link.as_ref().is_some_and(|l| l.gen == gen))
             .map(|(k, _)| *k)
         else {
-            return true;
+            return Some(None);
         };
         let v = self.vusbs.get_mut(&key).unwrap();
         let link = v.link.as_mut().unwrap();
@@ -1196,8 +1241,7 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
             zero_copy: self.cfg.zero_copy,
         };
         link.complete(&mut env, &mut v.ports, c);
-        self.service(hc, key);
-        true
+        Some(Some(key))
     }
 }
 

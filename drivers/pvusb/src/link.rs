@@ -229,6 +229,17 @@ pub struct Link<H: Hypervisor> {
     /// Where this link's forwarded transfers spent their time.
     pub timing: UrbTiming,
     unpushed: Unpushed,
+    /// Finished IN transfers whose data goes back to the frontend in one batched grant copy
+    /// before their responses are queued ([`Link::flush`]).
+    outbox: Vec<Outgoing>,
+}
+
+/// A finished transfer waiting for the batched copy-out of [`Link::flush`].
+struct Outgoing {
+    id: u16,
+    status: UsbifStatus,
+    actual: u32,
+    buf: LocalBuffer,
 }
 
 /// Ring failure: the frontend broke the protocol or the ring could not be served.
@@ -258,6 +269,7 @@ impl<H: Hypervisor> Link<H> {
             stats: LinkStats::default(),
             timing: UrbTiming::default(),
             unpushed: Unpushed::default(),
+            outbox: Vec::new(),
         }
     }
 
@@ -361,7 +373,7 @@ impl<H: Hypervisor> Link<H> {
                     self.handle_request(env, ports, r);
                 }
                 Ok(None) => {
-                    self.flush(env.hv)?;
+                    self.flush_logged(env)?;
                     match self.urb.channel().idle_check() {
                         Ok(true) => continue,
                         Ok(false) => break false,
@@ -372,13 +384,34 @@ impl<H: Hypervisor> Link<H> {
             }
         };
         self.pump(env, ports);
-        self.flush(env.hv)?;
+        self.flush_logged(env)?;
         self.pump_conn(env.hv)?;
         Ok(more)
     }
 
-    /// Publish queued responses.
-    pub fn flush(&mut self, hv: &mut H) -> Result<(), LinkFailed> {
+    /// [`Link::flush`], saying (rate-limited) when data could not be copied back.
+    fn flush_logged<C: HostController>(
+        &mut self,
+        env: &mut Env<'_, H, C>,
+    ) -> Result<(), LinkFailed> {
+        let lost = self.flush(env.hv)?;
+        if lost > 0 {
+            env.peer_log(
+                self.peer,
+                format_args!(
+                    "{lost} transfer(s): copying the data back failed (pages not granted any more?); answered SHUTDOWN"
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Copy the data of the finished IN transfers back (one batched grant copy for all of
+    /// them), answer them, and publish the queued responses. Returns how many responses lost
+    /// their data to a failed copy (answered `SHUTDOWN`: the frontend revoked or never granted
+    /// the pages).
+    pub fn flush(&mut self, hv: &mut H) -> Result<u32, LinkFailed> {
+        let lost = self.answer_outbox(hv);
         self.urb.channel().flush(hv).map_err(LinkFailed)?;
         if self.unpushed.timing.urbs != 0 {
             let u = core::mem::take(&mut self.unpushed);
@@ -398,7 +431,31 @@ impl<H: Hypervisor> Link<H> {
                 total.fetch_add(v, Ordering::Relaxed);
             }
         }
-        Ok(())
+        Ok(lost)
+    }
+
+    /// The outbox: one grant-copy batch for the data of every finished IN transfer, then each
+    /// answered (its buffer released). Returns the copies that failed.
+    fn answer_outbox(&mut self, hv: &mut H) -> u32 {
+        if self.outbox.is_empty() {
+            return 0;
+        }
+        let out = core::mem::take(&mut self.outbox);
+        let items: Vec<(&LocalBuffer, usize)> =
+            out.iter().map(|o| (&o.buf, o.actual as usize)).collect();
+        let copied = self.urb.mapper().copy_out_many(hv, &items);
+        drop(items);
+        let mut lost = 0;
+        for (o, r) in out.into_iter().zip(copied) {
+            let status = if r.is_err() {
+                lost += 1;
+                UsbifStatus::SHUTDOWN
+            } else {
+                o.status
+            };
+            self.respond(hv, o.id, status, o.actual, Some(o.buf));
+        }
+        lost
     }
 
     fn respond(
@@ -575,14 +632,7 @@ impl<H: Hypervisor> Link<H> {
         actual: u32,
         buf: Option<LocalBuffer>,
     ) {
-        if let Some(inf) = self.inflight.remove(&id) {
-            let key = inf.urb.queue_key();
-            if let Some(q) = self.queues.get_mut(&key) {
-                q.retain(|&x| x != id);
-                if q.is_empty() {
-                    self.queues.remove(&key);
-                }
-            }
+        if let Some(inf) = self.unqueue(id) {
             let buf = match (buf, inf.stage) {
                 (Some(b), _) => Some(b),
                 (None, Stage::Submitted(tid, b)) => {
@@ -594,6 +644,19 @@ impl<H: Hypervisor> Link<H> {
             self.stats.completed += 1;
             self.respond(env.hv, id, status, actual, buf);
         }
+    }
+
+    /// Take request `id` out of the in-flight table and its endpoint's queue.
+    fn unqueue(&mut self, id: u16) -> Option<Inflight> {
+        let inf = self.inflight.remove(&id)?;
+        let key = inf.urb.queue_key();
+        if let Some(q) = self.queues.get_mut(&key) {
+            q.retain(|&x| x != id);
+            if q.is_empty() {
+                self.queues.remove(&key);
+            }
+        }
+        Some(inf)
     }
 
     fn device<'d, C: HostController>(
@@ -844,7 +907,7 @@ impl<H: Hypervisor> Link<H> {
         let buf = *buf;
         let urb = inf.urb.clone();
         env.owners.remove(&c.id);
-        let mut status = match c.result {
+        let status = match c.result {
             Ok(()) => UsbifStatus::OK,
             Err(e) => status_of(&e),
         };
@@ -870,15 +933,19 @@ impl<H: Hypervisor> Link<H> {
                     }
                 }
             }
-            if let Err(e) = mapper.copy_out(env.hv, &buf) {
-                env.peer_log(
-                    self.peer,
-                    format_args!("request {id}: copying data back: {e}"),
-                );
-                status = UsbifStatus::SHUTDOWN;
-            }
+            // The data goes back with the round's other IN data in one grant-copy batch, and
+            // the request is answered then ([`Link::flush`]); it is no longer in flight.
+            self.unqueue(id);
+            self.stats.completed += 1;
+            self.outbox.push(Outgoing {
+                id,
+                status,
+                actual,
+                buf,
+            });
+        } else {
+            self.finish(env, id, status, actual, Some(buf));
         }
-        self.finish(env, id, status, actual, Some(buf));
         self.pump(env, ports);
     }
 

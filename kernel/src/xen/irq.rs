@@ -1,8 +1,9 @@
 //! Device interrupts on Xen PV: the device's physical IRQ (INTx: the GSI pciback shows in the
 //! Interrupt Line register, which is also its pirq number for a PV domU; or an MSI pirq from
 //! pcifront) bound to an event channel with `EVTCHNOP_bind_pirq` (`event_channel.h`). An interrupt
-//! is the port's pending bit; after handling, the port is unmasked and, if Xen says the pirq needs
-//! it (`PHYSDEVOP_irq_status_query`), the line is re-enabled with `PHYSDEVOP_eoi` (`physdev.h`).
+//! is the port's pending bit; after handling, the port is unmasked (if it was masked) and, if Xen
+//! says the pirq needs it (`PHYSDEVOP_irq_status_query`), the line is re-enabled with
+//! `PHYSDEVOP_eoi` (`physdev.h`).
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -65,7 +66,12 @@ impl hal::Interrupt for XenIrq {
     }
 
     fn unmask(&self) {
-        let _ = ops::evtchn_unmask(self.port);
+        // The port is bound unmasked and nothing masks it; the hypercall is for a port that is
+        // masked (it re-raises a pending event). A read of the shared mask bit saves one
+        // hypercall per interrupt.
+        if self.events.is_masked(self.port) {
+            let _ = ops::evtchn_unmask(self.port);
+        }
         if self.needs_eoi {
             let _ = ops::physdev_eoi(self.pirq);
         }

@@ -81,6 +81,8 @@ pub struct DomStats {
     /// Simulated map and unmap hypercalls (a batch is one call, as on Xen).
     pub map_calls: u64,
     pub unmap_calls: u64,
+    /// Simulated grant-copy hypercalls (a batch is one call).
+    pub copy_calls: u64,
 }
 
 /// The simulated xenstore server, plugged in with [`Sim::set_xenstore_service`]
@@ -521,6 +523,7 @@ impl Hypervisor for SimDomain {
 
     fn grant_copy(&mut self, ops: &mut [CopyOp]) -> Result<(), XenError> {
         self.with(XenOp::GrantCopy, |w, me| {
+            w.dom(me).unwrap().stats.copy_calls += 1;
             let mut buf = [0u8; PAGE_SIZE];
             for op in ops.iter_mut() {
                 op.status = copy_one(w, me, op, &mut buf);

@@ -151,7 +151,7 @@ fn copy_ptr(p: CopyPtr) -> (grant::CopyPtr, u16) {
 }
 
 /// Grant copies per hypercall (the batch lives on the stack).
-const COPY_BATCH: usize = 16;
+const COPY_BATCH: usize = 64;
 
 /// Grant maps or unmaps per hypercall (the batch lives on the stack): one request's segments.
 const MAP_BATCH: usize = 16;

@@ -215,14 +215,16 @@ impl World {
             }
             self.be.process_xenstore(&mut self.hc).unwrap();
             while self.be.process_rings(&mut self.hc) {}
+            // As `Backend::poll_bus` does: every completion answered, then published once.
             while let Some(ev) = self.hc.poll() {
                 if let HcEvent::Transfer(c) = ev {
                     assert!(
-                        self.be.complete(&mut self.hc, &c),
+                        self.be.answer(&mut self.hc, &c),
                         "completion {c:?} not the backend's"
                     );
                 }
             }
+            self.be.publish(&mut self.hc);
             for f in fronts.iter_mut() {
                 f.poll();
             }

@@ -1518,3 +1518,147 @@ fn a_guest_reset_of_a_device_that_does_not_come_back_shows_a_disconnect() {
     assert_eq!(status(&mut f, 61), S::NODEV);
     assert_eq!(f.speeds.get(&1), Some(&0), "disconnect shown");
 }
+
+/// A round's completions (a CBW, eight data packets and the CSW finishing at once, as when the
+/// controller's interrupt reports several transfers) are answered without the frontend seeing
+/// any of them, then published together with one notification, however eagerly the frontend
+/// re-arms its response event in between (one domain switch per round, not per transfer).
+#[test]
+fn completions_of_one_round_are_published_together_with_one_notification() {
+    let (mut w, mut f) = connected(false, Speed::High);
+    enumerate(&mut w, &mut f, 1, 5);
+    let (ci, cg) = f.page(true);
+    f.page_mem(ci).write_bytes(0, &cbw(77, true, 8, 8)).unwrap();
+    w.hc.hold = true;
+    f.send(&request(
+        10,
+        bulk_pipe(1, 5, 2, false),
+        [0; 8],
+        &[(cg, 0, 31)],
+    ));
+    let mut data = Vec::new();
+    for id in 11..19u16 {
+        let (pi, g) = f.page(false);
+        data.push(pi);
+        f.send(&request(
+            id,
+            bulk_pipe(1, 5, 1, true),
+            [0; 8],
+            &[(g, 0, 512)],
+        ));
+    }
+    let (_, sg) = f.page(false);
+    f.send(&request(
+        19,
+        bulk_pipe(1, 5, 1, true),
+        [0; 8],
+        &[(sg, 0, 13)],
+    ));
+    w.run(&mut [&mut f]);
+    assert!(f.responses.is_empty(), "held: {:?}", f.responses);
+    assert_eq!(w.hc.queued(), 10, "all ten in the controller");
+    w.hc.hold = false;
+    let sends = w.be_stats().sends_total;
+    let copy_calls = w.be_stats().copy_calls;
+    let mut n = 0;
+    while let Some(ev) = w.hc.poll() {
+        let HcEvent::Transfer(c) = ev else { continue };
+        assert!(w.be.answer(&mut w.hc, &c));
+        n += 1;
+        // An eager frontend: takes what is published and asks to be notified of the next one.
+        f.poll();
+        let _ = f.urb.as_mut().unwrap().idle_check();
+        assert!(
+            f.responses.is_empty(),
+            "published before publish(): {:?}",
+            f.responses
+        );
+    }
+    assert_eq!(n, 10);
+    assert_eq!(
+        w.be_stats().sends_total,
+        sends,
+        "no notification before publish()"
+    );
+    w.be.publish(&mut w.hc);
+    assert_eq!(
+        w.be_stats().sends_total,
+        sends + 1,
+        "one notification for the round"
+    );
+    assert_eq!(
+        w.be_stats().copy_calls,
+        copy_calls + 1,
+        "the nine IN transfers' data copied back in one grant-copy call"
+    );
+    f.poll();
+    assert_eq!(ok(&mut f, 10).actual_length, 31);
+    for (i, id) in (11..19u16).enumerate() {
+        let r = ok(&mut f, id);
+        assert_eq!((r.status, r.actual_length), (S::OK, 512));
+        let mut b = vec![0u8; 512];
+        f.page_mem(data[i]).read_bytes(0, &mut b).unwrap();
+        assert_eq!(b, disk(&mut w, 1, 8 + i, 1), "block {i}");
+    }
+    assert_eq!(ok(&mut f, 19).actual_length, 13);
+}
+
+/// A frontend that revokes the grant of an IN buffer while the transfer runs: the batched
+/// copy-out fails for that transfer alone, which is answered `SHUTDOWN` exactly once; the other
+/// transfers of the same round get their data, and the frontend keeps being served.
+#[test]
+fn a_grant_revoked_mid_transfer_fails_only_its_own_copy_out() {
+    let (mut w, mut f) = connected(false, Speed::High);
+    enumerate(&mut w, &mut f, 1, 5);
+    let (ci, cg) = f.page(true);
+    f.page_mem(ci).write_bytes(0, &cbw(9, true, 0, 2)).unwrap();
+    let (p1, g1) = f.page(false);
+    let (_, g2) = f.page(false);
+    let (_, sg) = f.page(false);
+    w.hc.hold = true;
+    f.send(&request(
+        20,
+        bulk_pipe(1, 5, 2, false),
+        [0; 8],
+        &[(cg, 0, 31)],
+    ));
+    f.send(&request(
+        21,
+        bulk_pipe(1, 5, 1, true),
+        [0; 8],
+        &[(g1, 0, 512)],
+    ));
+    f.send(&request(
+        22,
+        bulk_pipe(1, 5, 1, true),
+        [0; 8],
+        &[(g2, 0, 512)],
+    ));
+    f.send(&request(
+        23,
+        bulk_pipe(1, 5, 1, true),
+        [0; 8],
+        &[(sg, 0, 13)],
+    ));
+    w.run(&mut [&mut f]);
+    assert!(f.responses.is_empty());
+    f.dom.end_access(g2).unwrap();
+    w.hc.hold = false;
+    w.run(&mut [&mut f]);
+    assert_eq!(status(&mut f, 20), S::OK);
+    let r = ok(&mut f, 21);
+    assert_eq!((r.status, r.actual_length), (S::OK, 512));
+    let mut b = vec![0u8; 512];
+    f.page_mem(p1).read_bytes(0, &mut b).unwrap();
+    assert_eq!(b, disk(&mut w, 1, 0, 1));
+    assert_eq!(
+        status(&mut f, 22),
+        S::SHUTDOWN,
+        "its data could not go back"
+    );
+    assert_eq!(status(&mut f, 23), S::OK);
+    assert!(f.responses.is_empty(), "nothing else: {:?}", f.responses);
+    assert_eq!(f.state(), 4, "still connected");
+    let data = bot_read(&mut w, &mut f, 1, 5, 3, 2, 30);
+    assert_eq!(data, disk(&mut w, 1, 3, 2));
+}
