@@ -362,6 +362,10 @@ impl<H: Hypervisor> Link<H> {
         ports: &mut [VPort],
         budget: usize,
     ) -> Result<bool, LinkFailed> {
+        // Answers first: what the controller finished goes to the frontend before new
+        // requests are taken (their submission can take long: an emulated controller runs the
+        // transfer inside the doorbell write).
+        self.flush_logged(env)?;
         let mut n = 0;
         let more = loop {
             if n >= budget {
@@ -542,8 +546,7 @@ impl<H: Hypervisor> Link<H> {
             };
             let ok = match (&dev.config, vp.config_value) {
                 (Some(cfg), v) if v != 0 && cfg.value == v => cfg
-                    .active_endpoints(&vp.alts)
-                    .iter()
+                    .active_endpoint_iter(&vp.alts)
                     .any(|e| e.address == urb.ep && e.kind == want),
                 _ => false,
             };
@@ -751,7 +754,13 @@ impl<H: Hypervisor> Link<H> {
             self.finish(env, id, UsbifStatus::NODEV, 0, None);
             return;
         };
-        let (device, config) = (dev.device, dev.config.clone());
+        let device = dev.device;
+        // Only the virtualised configuration requests need the descriptors (a clone, since the
+        // device table is borrowed); a plain transfer copies nothing.
+        let config = match urb.action {
+            Action::Forward | Action::SetAddress(_) | Action::ClearHalt(_) => None,
+            Action::SetConfiguration(_) | Action::SetInterface(..) => dev.config.clone(),
+        };
         let vp = &mut ports[port as usize - 1];
         match urb.action {
             Action::Forward => {}

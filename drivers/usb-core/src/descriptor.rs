@@ -386,18 +386,26 @@ impl Configuration {
     /// Endpoints active when every interface is in alternate setting 0 except those overridden
     /// in `alts` (pairs of interface number, alternate setting).
     pub fn active_endpoints(&self, alts: &[(u8, u8)]) -> Vec<EndpointInfo> {
-        let mut out = Vec::new();
-        for i in &self.interfaces {
-            let want = alts
-                .iter()
-                .find(|(n, _)| *n == i.number)
-                .map(|(_, a)| *a)
-                .unwrap_or(0);
-            if i.alternate == want {
-                out.extend(i.endpoints.iter().map(|e| e.info()));
-            }
-        }
-        out
+        self.active_endpoint_iter(alts).collect()
+    }
+
+    /// [`Configuration::active_endpoints`] without collecting them (the per-request check of a
+    /// backend allocates nothing).
+    pub fn active_endpoint_iter<'a>(
+        &'a self,
+        alts: &'a [(u8, u8)],
+    ) -> impl Iterator<Item = EndpointInfo> + 'a {
+        self.interfaces
+            .iter()
+            .filter(move |i| {
+                let want = alts
+                    .iter()
+                    .find(|(n, _)| *n == i.number)
+                    .map(|(_, a)| *a)
+                    .unwrap_or(0);
+                i.alternate == want
+            })
+            .flat_map(|i| i.endpoints.iter().map(|e| e.info()))
     }
 }
 
