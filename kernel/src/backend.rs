@@ -234,6 +234,26 @@ fn report_stuck_ports(ctx: &Rc<RefCell<Ctx>>) {
     log::info!(target: T, "{SPURIOUS_REPORT} early wake-ups with none of the loop's ports pending so far (each costs one loop round); ports pending now:{s}");
 }
 
+/// `usbdom.trace=1`: with each statistics line, the last forwarded transfers of each frontend
+/// not printed before ([`pvusb::link::UrbTrace`]): when each was taken off the ring (Xen system
+/// time), and how long it spent before the controller, in it, and until its response was
+/// published. The Xen bench prints them beside the frontend's usbmon timestamps.
+fn trace_urbs(be: &Be, traced_until: &mut u64) {
+    let mut last = *traced_until;
+    for (dom, t) in be.recent_urbs() {
+        if t.t_ring <= *traced_until {
+            continue;
+        }
+        last = last.max(t.t_ring);
+        log::info!(target: T, "urb trace: frontend {} id {} ep {:#04x} len {} actual {} ring@{} us, ring->submit {} us, submit->done {} us, done->response {} us",
+            dom.0, t.id, t.ep, t.len, t.actual, t.t_ring / 1000,
+            t.t_submit.saturating_sub(t.t_ring) / 1000,
+            t.t_done.saturating_sub(t.t_submit) / 1000,
+            t.t_response.saturating_sub(t.t_done) / 1000);
+    }
+    *traced_until = last;
+}
+
 /// [`pvusb::Backend::poll_bus`], its error logged: whether anything happened.
 fn poll<C: HostController>(be: &mut Be, bus: &mut Bus<C, XenDma, KernelClock>) -> bool {
     match be.poll_bus(bus) {
@@ -252,6 +272,8 @@ fn run<C: HostController>(
     taken: Rc<Cell<bool>>,
 ) -> Result<core::convert::Infallible, String> {
     let zero_copy = cmdline::get(cmdline::current(), "usbdom.zero_copy") == Some("1");
+    let trace = cmdline::get(cmdline::current(), "usbdom.trace") == Some("1");
+    let mut traced_until = 0u64;
     let hv = {
         let c = ctx.borrow();
         let port = c.hv.xenstore_port();
@@ -375,6 +397,9 @@ fn run<C: HostController>(
             if busy_rounds != 0 {
                 log::info!(target: T, "loop: {busy_rounds} busy rounds, {sleeps} sleeps ({timeouts} ended by the timeout, {early_none} woke early with no port of ours pending, {early_near} of them within {} us of the deadline); rings {:?}; {}; {}",
                     EARLY_SLACK_NS / 1000, be.stats(), grant_line(&grants_before, &grants), urb_line(&urbs.since(&urbs_before)));
+            }
+            if trace {
+                trace_urbs(&be, &mut traced_until);
             }
             grants_before = grants;
             urbs_before = urbs;

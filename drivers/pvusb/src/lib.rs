@@ -327,6 +327,16 @@ impl<H: Hypervisor, S: Store> Backend<H, S> {
         }
         s
     }
+    /// The last forwarded transfers of each connected frontend ([`link::UrbTrace`]), oldest
+    /// first per frontend.
+    pub fn recent_urbs(&self) -> Vec<(DomId, link::UrbTrace)> {
+        self.vusbs
+            .values()
+            .filter_map(|v| v.link.as_ref())
+            .flat_map(|l| l.recent().map(move |t| (l.peer(), *t)))
+            .collect()
+    }
+
     /// Links being torn down that wait for the controller to report cancelled transfers.
     pub fn draining(&self) -> usize {
         self.zombies.len()

@@ -149,6 +149,27 @@ impl UrbTiming {
     }
 }
 
+/// One forwarded transfer's way through the backend, in the hypervisor's clock (ns): taken off
+/// the ring, handed to the controller, completed, its response published. The kernel prints the
+/// last ones of each link (`usbdom.trace=1`) beside the frontend's own timestamps (usbmon) for
+/// the breakdown of a read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UrbTrace {
+    pub id: u16,
+    /// Endpoint address (bit 7: IN).
+    pub ep: u8,
+    /// Buffer length and bytes transferred.
+    pub len: u32,
+    pub actual: u32,
+    pub t_ring: u64,
+    pub t_submit: u64,
+    pub t_done: u64,
+    pub t_response: u64,
+}
+
+/// Transfers a link keeps in its [`Link::recent`] trace.
+pub const TRACE_LEN: usize = 16;
+
 /// [`UrbTiming`] of every link of the program (the kernel logs it with its loop statistics).
 static TOTAL: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
 
@@ -170,6 +191,8 @@ struct Unpushed {
     timing: UrbTiming,
     /// Sum of their completion times.
     completed_at: u64,
+    /// Their traces (`t_response` unset), at most [`TRACE_LEN`].
+    traces: heapless::Vec<UrbTrace, TRACE_LEN>,
 }
 
 /// Counters of a link.
@@ -229,6 +252,8 @@ pub struct Link<H: Hypervisor> {
     /// Where this link's forwarded transfers spent their time.
     pub timing: UrbTiming,
     unpushed: Unpushed,
+    /// The last [`TRACE_LEN`] forwarded transfers answered, oldest first.
+    recent: heapless::Deque<UrbTrace, TRACE_LEN>,
     /// Finished IN transfers whose data goes back to the frontend in one batched grant copy
     /// before their responses are queued ([`Link::flush`]).
     outbox: Vec<Outgoing>,
@@ -269,8 +294,14 @@ impl<H: Hypervisor> Link<H> {
             stats: LinkStats::default(),
             timing: UrbTiming::default(),
             unpushed: Unpushed::default(),
+            recent: heapless::Deque::new(),
             outbox: Vec::new(),
         }
+    }
+
+    /// The last forwarded transfers this link answered (at most [`TRACE_LEN`]), oldest first.
+    pub fn recent(&self) -> impl Iterator<Item = &UrbTrace> {
+        self.recent.iter()
     }
 
     /// The frontend's domain.
@@ -419,11 +450,16 @@ impl<H: Hypervisor> Link<H> {
         self.urb.channel().flush(hv).map_err(LinkFailed)?;
         if self.unpushed.timing.urbs != 0 {
             let u = core::mem::take(&mut self.unpushed);
+            let now = hv.now_ns();
             let mut t = u.timing;
-            t.to_response_ns = t
-                .urbs
-                .saturating_mul(hv.now_ns())
-                .saturating_sub(u.completed_at);
+            t.to_response_ns = t.urbs.saturating_mul(now).saturating_sub(u.completed_at);
+            for mut tr in u.traces {
+                tr.t_response = now;
+                if self.recent.is_full() {
+                    self.recent.pop_front();
+                }
+                let _ = self.recent.push_back(tr);
+            }
             self.timing.add(&t);
             for (total, v) in TOTAL.iter().zip([
                 t.urbs,
@@ -913,6 +949,16 @@ impl<H: Hypervisor> Link<H> {
         u.timing.in_controller_ns += t_done.saturating_sub(inf.t_submit);
         u.timing.submit_call_ns += inf.submit_call;
         u.completed_at += t_done;
+        let _ = u.traces.push(UrbTrace {
+            id,
+            ep: inf.urb.ep.0,
+            len: inf.urb.buffer.len(),
+            actual: c.actual,
+            t_ring: inf.t_ring,
+            t_submit: inf.t_submit,
+            t_done,
+            t_response: 0,
+        });
         let buf = *buf;
         let urb = inf.urb.clone();
         env.owners.remove(&c.id);
@@ -1124,6 +1170,13 @@ mod timing_tests {
             held_transfer(&mut w, &mut f, 2, 3_000);
             let t = timing(&w);
             assert_eq!((t.urbs, t.in_controller_ns), (2, 10_000));
+            // The per-transfer trace: both, oldest first, with their time in the controller.
+            let tr: Vec<_> = w.be.recent_urbs().into_iter().map(|(_, t)| t).collect();
+            assert_eq!(tr.len(), 2);
+            assert_eq!((tr[0].id, tr[0].ep, tr[0].len, tr[0].actual), (1, 0, 8, 8));
+            assert_eq!(tr[0].t_done - tr[0].t_submit, 7_000);
+            assert_eq!(tr[1].t_done - tr[1].t_submit, 3_000);
+            assert!(tr[1].t_ring >= tr[0].t_response && tr[1].t_response >= tr[1].t_done);
             // A rejected request (no device at that port) is not a transfer.
             f.send(&request(
                 3,
