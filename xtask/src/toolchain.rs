@@ -225,11 +225,31 @@ fn toolchain_without_target(real_home: &Path, tc: &str, home: &Path) -> Result<P
         .filter(|l| *l != format!("rust-std-{KERNEL_TARGET}"))
         .collect();
     fs::write(&comps, kept.join("\n") + "\n").map_err(|e| e.to_string())?;
+    // rustup's own record of the installed components (what `rustup target list` reads).
+    let cfg = rustlib.join("multirust-config.toml");
+    if let Ok(text) = fs::read_to_string(&cfg) {
+        fs::write(&cfg, without_component(&text, "rust-std", KERNEL_TARGET))
+            .map_err(|e| e.to_string())?;
+    }
     let settings = real_home.join("settings.toml");
     if settings.is_file() {
         fs::copy(&settings, home.join("settings.toml")).map_err(|e| e.to_string())?;
     }
     Ok(dst)
+}
+
+/// `multirust-config.toml` without the `[[components]]` entry of `pkg` for `target`.
+pub fn without_component(text: &str, pkg: &str, target: &str) -> String {
+    let mut parts = text.split("[[components]]");
+    let mut out = parts.next().unwrap_or("").to_string();
+    for p in parts {
+        let is = |k: &str, v: &str| p.lines().any(|l| l.trim() == format!("{k} = \"{v}\""));
+        if !(is("pkg", pkg) && is("target", target)) {
+            out.push_str("[[components]]");
+            out.push_str(p);
+        }
+    }
+    out
 }
 
 /// Host-tier check `host: toolchain repair`: in a throwaway `RUSTUP_HOME` whose toolchain lacks
@@ -355,6 +375,16 @@ mod tests {
             .unwrap();
         assert_eq!(w.channel, "1.95");
         assert!(w.targets.is_empty());
+    }
+
+    #[test]
+    fn a_component_leaves_rustups_record() {
+        let cfg = "config_version = \"1\"\n\n[[components]]\npkg = \"rust-std\"\ntarget = \"x86_64-unknown-none\"\nis_extension = false\n\n[[components]]\npkg = \"rust-std\"\ntarget = \"x86_64-unknown-linux-gnu\"\nis_extension = false\n";
+        let out = without_component(cfg, "rust-std", "x86_64-unknown-none");
+        assert!(!out.contains("x86_64-unknown-none"), "{out}");
+        assert!(out.contains("target = \"x86_64-unknown-linux-gnu\""), "{out}");
+        assert!(out.starts_with("config_version = \"1\""), "{out}");
+        assert_eq!(out.matches("[[components]]").count(), 1);
     }
 
     #[test]
