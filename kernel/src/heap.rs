@@ -56,6 +56,7 @@ static ALLOCATOR: Talck<RawSpinMutex, GrowOnOom> = Talc::new(GrowOnOom {
 .lock();
 
 /// Bytes the heap has grown by beyond the static arena.
+#[cfg_attr(not(feature = "selftest"), allow(dead_code))] // self-tests only
 pub fn grown_bytes() -> usize {
     GROWN.load(Ordering::Relaxed)
 }

@@ -37,6 +37,10 @@ mod panic;
 mod platform;
 #[allow(dead_code)]
 mod pv;
+#[cfg(feature = "selftest")]
+mod selftest;
+#[cfg(not(feature = "selftest"))]
+#[path = "selftest_off.rs"]
 mod selftest;
 #[allow(dead_code)]
 mod time;

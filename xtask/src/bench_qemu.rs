@@ -329,7 +329,7 @@ pub fn run(r: &mut Report) {
         Ok(util::Prereq::Unavailable(why)) => return r.skip("bench: qemu throughput", why),
         Err(e) => return r.fail("bench: qemu throughput: prerequisites", e),
     }
-    let k = match crate::build::kernel() {
+    let k = match crate::build::kernel_selftest() {
         Ok(k) => k,
         Err(e) => return r.fail("bench: qemu throughput: kernel build", e),
     };

@@ -5,7 +5,7 @@
 //! (`cargo:rustc-link-arg`), so a plain `cargo build` of the package is enough here.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::util;
@@ -26,27 +26,53 @@ pub fn release_stripped(
     target: &str,
     bin: &str,
 ) -> Result<(PathBuf, PathBuf), String> {
+    release_stripped_in(&util::target(), package, target, bin, &[])
+}
+
+/// [`release_stripped`] into target directory `dir`, with extra cargo arguments (features).
+fn release_stripped_in(
+    dir: &Path,
+    package: &str,
+    target: &str,
+    bin: &str,
+    extra: &[&str],
+) -> Result<(PathBuf, PathBuf), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     util::run(
         Command::new(cargo)
             .current_dir(util::root())
-            .env("CARGO_TARGET_DIR", util::target())
-            .args(["build", "-p", package, "--release", "--target", target]),
+            .env("CARGO_TARGET_DIR", dir)
+            .args(["build", "-p", package, "--release", "--target", target])
+            .args(extra),
     )?;
-    let elf = util::target().join(target).join("release").join(bin);
+    let elf = dir.join(target).join("release").join(bin);
     let stripped = elf.with_file_name(format!("{bin}.stripped"));
     util::run(Command::new("strip").arg("-o").arg(&stripped).arg(&elf))?;
     Ok((elf, stripped))
 }
 
-/// Build the kernel and a stripped copy of it.
+/// Build the production kernel (no self-tests) and a stripped copy of it.
 pub fn kernel() -> Result<Kernel, String> {
+    kernel_in(&util::target(), &[])
+}
+
+/// Build the test image: the kernel with its self-tests (`--features selftest`, for the qemu
+/// tier and the QEMU bench), in its own target directory (`target/selftest/`) so that neither
+/// build undoes the other's.
+pub fn kernel_selftest() -> Result<Kernel, String> {
+    kernel_in(
+        &util::target().join("selftest"),
+        &["--features", "selftest"],
+    )
+}
+
+fn kernel_in(dir: &Path, extra: &[&str]) -> Result<Kernel, String> {
     crate::toolchain::ensure()?;
     // `strip` (binutils) makes the stripped copy.
     if let util::Prereq::Unavailable(why) = util::ensure_packages(&["binutils"])? {
         return Err(format!("cannot make the stripped kernel: {why}"));
     }
-    let (elf, stripped) = release_stripped("usbdom", KERNEL_TARGET, "usbdom")?;
+    let (elf, stripped) = release_stripped_in(dir, "usbdom", KERNEL_TARGET, "usbdom", extra)?;
     let size = fs::metadata(&elf)
         .map_err(|e| format!("{}: {e}", elf.display()))?
         .len();

@@ -289,7 +289,7 @@ pub fn tier(r: &mut Report, only: Option<&str>) {
         Ok(util::Prereq::Unavailable(why)) => return r.skip("qemu tier", why),
         Err(e) => return r.fail("qemu tier: prerequisites", e),
     }
-    let k = match crate::build::kernel() {
+    let k = match crate::build::kernel_selftest() {
         Ok(k) => k,
         Err(e) => return r.fail("qemu tier: kernel build", e),
     };
@@ -317,6 +317,32 @@ pub fn tier(r: &mut Report, only: Option<&str>) {
                 r.fail(&name, why)
             }
         }
+    }
+    if only.is_none() {
+        production_has_no_selftests(r);
+    }
+}
+
+/// The production image (`cargo xtask build`, what the Xen tier runs) has no self-tests: asked
+/// for one under PVH, it says so and fails, instead of running it.
+fn production_has_no_selftests(r: &mut Report) {
+    const NAME: &str = "qemu: production image has no self-tests";
+    let k = match crate::build::kernel() {
+        Ok(k) => k,
+        Err(e) => return r.fail(NAME, format!("kernel build: {e}")),
+    };
+    let s = Scenario {
+        name: "production-no-selftest",
+        devices: &[],
+        cmdline: "usbdom.selftest=probe",
+        disk_mib: 0,
+        actions: &[],
+        timeout_s: 60,
+    };
+    match run_one(&s, &k.elf) {
+        Ok(_) => r.fail(NAME, "the production image ran self-test probe"),
+        Err((why, _)) if why.contains("built without self-tests") => r.pass(NAME),
+        Err((why, _)) => r.fail(NAME, format!("not the expected refusal: {why}")),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod bringup;
 pub mod dma;
 pub mod env;
 pub mod front;
+#[cfg(feature = "selftest")]
 pub mod hvtest;
 pub mod irq;
 pub mod platform;
@@ -63,6 +64,7 @@ fn fail(msg: &str) -> ! {
 /// asked for (`usbdom.selftest=<name>`), else [`serve`].
 pub fn run(si: &StartInfo, selftest: Option<&'static str>) -> ! {
     let ctx = services(si);
+    #[cfg(feature = "selftest")]
     if selftest == Some("xenhv") {
         // Needs no PCI device: runs before pcifront.
         log::info!(target: "selftest", "running self-test xenhv on xen-pv");
