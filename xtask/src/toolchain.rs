@@ -382,7 +382,10 @@ mod tests {
         let cfg = "config_version = \"1\"\n\n[[components]]\npkg = \"rust-std\"\ntarget = \"x86_64-unknown-none\"\nis_extension = false\n\n[[components]]\npkg = \"rust-std\"\ntarget = \"x86_64-unknown-linux-gnu\"\nis_extension = false\n";
         let out = without_component(cfg, "rust-std", "x86_64-unknown-none");
         assert!(!out.contains("x86_64-unknown-none"), "{out}");
-        assert!(out.contains("target = \"x86_64-unknown-linux-gnu\""), "{out}");
+        assert!(
+            out.contains("target = \"x86_64-unknown-linux-gnu\""),
+            "{out}"
+        );
         assert!(out.starts_with("config_version = \"1\""), "{out}");
         assert_eq!(out.matches("[[components]]").count(), 1);
     }
