@@ -1289,6 +1289,7 @@ fn add(a: &mut LinkStats, b: &LinkStats) {
     a.unlinks += b.unlinks;
     a.completed += b.completed;
     a.conn_events += b.conn_events;
+    a.deferred += b.deferred;
 }
 
 /// Product strings come from the device: keep printable ASCII only.

@@ -205,6 +205,8 @@ pub struct LinkStats {
     pub unlinks: u64,
     pub completed: u64,
     pub conn_events: u64,
+    /// Transfers that waited for room in the controller's ring for their endpoint.
+    pub deferred: u64,
 }
 
 /// What the link needs from its owner while it works.
@@ -763,14 +765,16 @@ impl<H: Hypervisor> Link<H> {
                         break;
                     }
                     self.start(env, ports, id);
-                    progressed = true;
                     if self
                         .inflight
                         .get(&id)
                         .is_some_and(|i| matches!(i.stage, Stage::Waiting))
                     {
+                        // Not started (the controller's ring for the endpoint is full): it
+                        // waits for the transfers ahead of it to finish.
                         break;
                     }
+                    progressed = true;
                 }
             }
             if !progressed {
@@ -919,10 +923,30 @@ impl<H: Hypervisor> Link<H> {
                     inf.submit_call = now.saturating_sub(t_call);
                 }
             }
+            Err(HcError::NoResources)
+                if urb.action == Action::Forward && self.endpoint_busy(urb.queue_key()) =>
+            {
+                // The controller's transfer ring for the endpoint is full (16 requests of 16
+                // segments fill an xHCI ring of 255 TRBs): not an error of the request. It stays
+                // first in line and starts when a transfer ahead of it completes (`pump`).
+                let _ = self.urb.mapper().release(env.hv, buf);
+                self.stats.deferred += 1;
+            }
             Err(e) => {
                 self.finish(env, id, status_of(&e), 0, Some(buf));
             }
         }
+    }
+
+    /// Whether the controller has transfers of this link on endpoint `key`.
+    fn endpoint_busy(&self, key: (u8, u8)) -> bool {
+        self.queues.get(&key).is_some_and(|q| {
+            q.iter().any(|id| {
+                self.inflight
+                    .get(id)
+                    .is_some_and(|i| matches!(i.stage, Stage::Submitted(..)))
+            })
+        })
     }
 
     /// A controller completion for one of our transfers.

@@ -377,6 +377,9 @@ pub struct FakeHc {
     pub dma_faults: u32,
     /// Transfers executed, per endpoint, in order: (device, ep, TransferId).
     pub executed: Vec<(DeviceId, u8, TransferId)>,
+    /// Most transfers queued per endpoint; more are refused with `NoResources` (a full xHCI
+    /// transfer ring).
+    pub ring_capacity: Option<usize>,
 }
 
 impl FakeHc {
@@ -396,6 +399,7 @@ impl FakeHc {
             clear_halts: Vec::new(),
             dma_faults: 0,
             executed: Vec::new(),
+            ring_capacity: None,
         }
     }
 
@@ -588,6 +592,15 @@ impl HostController for FakeHc {
         let ep = if r.endpoint.is_ep0() { 0 } else { r.endpoint.0 };
         if self.halted.contains(&(r.device, ep)) {
             return Err(HcError::EndpointHalted);
+        }
+        let queued = self
+            .queue
+            .iter()
+            .chain(self.parked.iter())
+            .filter(|q| q.device == r.device && q.ep == ep)
+            .count();
+        if self.ring_capacity.is_some_and(|c| queued >= c) {
+            return Err(HcError::NoResources);
         }
         let id = TransferId(self.next_tid);
         self.next_tid += 1;

@@ -1662,3 +1662,69 @@ fn a_grant_revoked_mid_transfer_fails_only_its_own_copy_out() {
     let data = bot_read(&mut w, &mut f, 1, 5, 3, 2, 30);
     assert_eq!(data, disk(&mut w, 1, 3, 2));
 }
+
+/// A controller whose transfer ring for the endpoint is full refuses a transfer with
+/// `NoResources` (sixteen 16-segment requests fill an xHCI ring): the request is no error of the
+/// frontend's. It waits, first in line, and starts when a transfer ahead of it completes; every
+/// request is answered once, in order, with the right data.
+#[test]
+fn a_full_controller_ring_makes_transfers_wait_not_fail() {
+    let (mut w, mut f) = connected(false, Speed::High);
+    enumerate(&mut w, &mut f, 1, 5);
+    w.hc.ring_capacity = Some(2);
+    let (ci, cg) = f.page(true);
+    f.page_mem(ci).write_bytes(0, &cbw(5, true, 16, 8)).unwrap();
+    f.send(&request(
+        40,
+        bulk_pipe(1, 5, 2, false),
+        [0; 8],
+        &[(cg, 0, 31)],
+    ));
+    let mut data = Vec::new();
+    for id in 41..49u16 {
+        let (pi, g) = f.page(false);
+        data.push(pi);
+        f.send(&request(
+            id,
+            bulk_pipe(1, 5, 1, true),
+            [0; 8],
+            &[(g, 0, 512)],
+        ));
+    }
+    let (_, sg) = f.page(false);
+    f.send(&request(
+        49,
+        bulk_pipe(1, 5, 1, true),
+        [0; 8],
+        &[(sg, 0, 13)],
+    ));
+    w.hc.hold = true;
+    w.run(&mut [&mut f]);
+    assert_eq!(
+        w.hc.queued(),
+        3,
+        "the CBW, and two data transfers: the ring is full"
+    );
+    assert!(f.responses.is_empty(), "nothing refused: {:?}", f.responses);
+    w.hc.hold = false;
+    w.run(&mut [&mut f]);
+    assert_eq!(status(&mut f, 40), S::OK);
+    for (i, id) in (41..49u16).enumerate() {
+        let r = ok(&mut f, id);
+        assert_eq!((r.status, r.actual_length), (S::OK, 512), "request {id}");
+        let mut b = vec![0u8; 512];
+        f.page_mem(data[i]).read_bytes(0, &mut b).unwrap();
+        assert_eq!(b, disk(&mut w, 1, 16 + i, 1), "block {i}");
+    }
+    assert_eq!(status(&mut f, 49), S::OK);
+    assert!(w.be.stats().links.deferred > 0);
+    let order: Vec<usb_core::hc::TransferId> =
+        w.hc.executed
+            .iter()
+            .filter(|(_, ep, _)| *ep == 0x81)
+            .map(|(_, _, t)| *t)
+            .collect();
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted, "IN transfers ran in submission order");
+}
