@@ -8,6 +8,7 @@
 //! - `bench`: the benchmarks the crates expose, as ratios from one run.
 
 mod bench;
+mod breakdown;
 mod build;
 mod console;
 mod cpio;
@@ -32,9 +33,10 @@ const USAGE: &str = "usage: cargo xtask <command>
   run [--hold SECS]             boot Xen + dom0 + usbdom with an emulated stick; dom0 as a xen-hcd
                                 frontend gets the stick as /dev/sdX; usbdom's console and dom0's view shown
   e2e [--controller qemu-xhci|piix3-usb-uhci|ich9-usb-uhci1] [--device DEV]... [--script FILE]
-      [--on 'LINE=>MONITOR CMD']... [--timeout SECS]
+      [--file SRC:DEST]... [--on 'LINE=>MONITOR CMD']... [--timeout SECS]
                                 the Xen setup with extra QEMU devices, FILE run in dom0 once usbdom is
-                                up, QEMU monitor on target/e2e/monitor.sock; logs in target/e2e/
+                                up (host file SRC at /DEST in dom0, e.g. a module to insmod), QEMU
+                                monitor on target/e2e/monitor.sock; logs in target/e2e/
   bench                         run the exposed benchmarks (ratios from one run)";
 
 fn main() -> ExitCode {
@@ -75,6 +77,12 @@ fn main() -> ExitCode {
                     "--script" => match val() {
                         Some(v) => o.script = Some(PathBuf::from(v)),
                         None => return usage("--script needs a file"),
+                    },
+                    "--file" => match val().as_deref().and_then(|v| v.split_once(':')) {
+                        Some((src, dest)) if !dest.is_empty() => o
+                            .files
+                            .push((dest.trim_start_matches('/').to_string(), PathBuf::from(src))),
+                        _ => return usage("--file needs SRC:DEST"),
                     },
                     "--on" => match val().as_deref().and_then(|v| v.split_once("=>")) {
                         Some((w, c)) => o.actions.push(qemu::Action {

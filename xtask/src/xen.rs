@@ -858,6 +858,8 @@ pub struct E2e {
     pub script: Option<PathBuf>,
     pub actions: Vec<Action>,
     pub timeout_s: Option<u64>,
+    /// Extra files for dom0: (path inside dom0 without the leading `/`, host file).
+    pub files: Vec<(String, PathBuf)>,
 }
 
 /// `cargo xtask e2e`: the Xen setup with extra devices, a user script in dom0, a monitor socket.
@@ -880,6 +882,12 @@ pub fn cmd_e2e(o: E2e) -> Result<Result<(), String>, String> {
     }
     // The dom0 kernel, which a script can boot as a Linux domU (tests/xen/pvusb-domu.sh).
     extra.push(("guest/vmlinuz".to_string(), art.vmlinuz.clone()));
+    for (dest, src) in &o.files {
+        if !src.is_file() {
+            return Err(format!("--file {}: no such file", src.display()));
+        }
+        extra.push((dest.clone(), src.clone()));
+    }
     let b = Boot {
         art: &art,
         guest: &guest,
