@@ -38,8 +38,40 @@ pub fn tier(r: &mut Report) {
         Err(e) => r.fail("host: cargo test (workspace default members)", e),
     }
     println!("host: cargo test took {:.0}s", util::secs(t0));
+    tool_tests(r);
     crate::toolchain::repair_check(r);
     fuzz(r);
+}
+
+/// xtask's tests of its use of host tools (`#[ignore]`d in a plain `cargo test`, where the tool
+/// may be missing): the tools are installed like every prerequisite, then the tests run; where
+/// they cannot be installed, the check is skipped with the reason.
+fn tool_tests(r: &mut Report) {
+    const NAME: &str = "host: xtask tests with host tools (cpio, qemu, dpkg)";
+    if !util::have("dpkg-query") {
+        return r.skip(NAME, "not a Debian host (no dpkg-query)");
+    }
+    match util::ensure_packages(&["cpio", "qemu-system-x86"]) {
+        Ok(util::Prereq::Ready) => {}
+        Ok(util::Prereq::Unavailable(why)) => return r.skip(NAME, why),
+        Err(e) => return r.fail(NAME, e),
+    }
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(util::root())
+        .args(["test", "-p", "xtask", "--", "--ignored"]);
+    match util::output(&mut cmd) {
+        Ok(out) => {
+            let units = parse_cargo_test(&out);
+            let ran: u32 = units.iter().map(|u| u.passed + u.failed).sum();
+            let failed: u32 = units.iter().map(|u| u.failed).sum();
+            r.check(
+                NAME,
+                ran >= 3 && failed == 0,
+                format!("{ran} ran, {failed} failed:\n{out}"),
+            );
+        }
+        Err(e) => r.fail(NAME, e),
+    }
 }
 
 /// The result of one test binary (unit tests of a crate, an integration test, doc-tests).

@@ -333,11 +333,8 @@ mod qemu_tests {
 
     /// A QEMU that prints nothing must be killed when a milestone line does not appear.
     #[test]
+    #[ignore = "needs qemu-system-x86: run by `cargo xtask test host`, which installs it"]
     fn missed_milestone_kills_qemu() {
-        if !util::have(QEMU) {
-            eprintln!("{QEMU} not installed: runner test not run");
-            return;
-        }
         let log = std::env::temp_dir().join(format!("xtask-qemu-test-{}.log", std::process::id()));
         let out = run(Spec {
             args: [
