@@ -25,6 +25,8 @@ wait_for 30 xt_find_devs && pass list || fail list "usbdom list shows no stick"
 [ -n "$STICK" ] || exit 1
 
 timeout 20 modprobe -r xen-hcd 2>/dev/null
+# insmod loads no dependencies: usbcore first.
+timeout 30 modprobe usbcore || xt "modprobe usbcore failed"
 if timeout 30 insmod /guest/xen-hcd-sg.ko; then
   pass insmod-xen-hcd-sg
 else
