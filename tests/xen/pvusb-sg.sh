@@ -3,8 +3,10 @@
 # tests/xen-hcd/xen-hcd-sg.patch, built by xtask) instead of xen-hcd and is usbdom's frontend.
 # Run as the user script of `cargo xtask e2e --script tests/xen/pvusb-sg.sh` (after e2e.sh's xt_up).
 # Checks: the queue limits the SG module gives usb-storage (max_segments 16, requests of at most
-# 60 KiB), the whole stick reads back as the image (64 KiB and 1 MiB O_DIRECT reads, and a
-# buffered read through the page cache), 4 MiB of O_DIRECT writes in the middle read back and are
+# 60 KiB), the whole stick reads back as the image (64 KiB and 1 MiB O_DIRECT reads, O_DIRECT
+# reads into buffers 512 and 3584 bytes past a page boundary (/usr/bin/odirect-cat: SG entries
+# that are not page-aligned, the largest requests spanning 16 pages), and a buffered read through
+# the page cache), 4 MiB of O_DIRECT writes in the middle read back and are
 # restored, and no xen-hcd error in dmesg. One line per check, like pvusb.sh:
 #   PVUSB-CHECK PASS <name> | PVUSB-CHECK FAIL <name>: <why>
 # Exit status: number of failed checks.
@@ -47,6 +49,12 @@ new_disk() {
   [ -n "$DISK" ] && [ -b /dev/$DISK ] && [ "$(cat /sys/block/$DISK/size)" != 0 ]
 }
 wait_for 60 new_disk && pass frontend-disk || { fail frontend-disk "no /dev/sdX within 60 s"; exit 1; }
+drv=$(readlink /sys/bus/xen/devices/vusb-0/driver/module 2>/dev/null)
+if [ "${drv##*/}" = xen_hcd_sg ]; then
+  pass frontend-is-xen-hcd-sg
+else
+  fail frontend-is-xen-hcd-sg "vusb-0 is driven by module '${drv##*/}'"
+fi
 dmesg | grep -i -e xen_hcd_sg -e 'xen-hcd' -e xenhcd | tail -5 | sed 's/^/XT:   dmesg: /'
 
 # The queue limits usb-storage took from the SG frontend.
@@ -79,6 +87,24 @@ read_check() {
 }
 read_check sha256-odirect-64k bs=64k iflag=direct
 read_check sha256-odirect-1m bs=1M iflag=direct
+# odirect_check MISALIGN CHUNK: the whole device through O_DIRECT reads of CHUNK bytes into a
+# buffer MISALIGN bytes past a page boundary.
+odirect_check() {
+  local name=sha256-odirect-at$1-$2 t0 sum secs
+  t0=$(uptime_s)
+  sum=$(timeout 180 odirect-cat /dev/$DISK $1 $2 2>/tmp/sg-odc.err | sha256sum | cut -d' ' -f1)
+  secs=$(elapsed $t0)
+  xt "sg: $name: ${secs}s"
+  if [ "$sum" = "$XT_STICK_SHA256" ]; then
+    pass $name
+  else
+    fail $name "sha256 $sum != image $XT_STICK_SHA256 ($(tr '\n' ' ' </tmp/sg-odc.err))"
+  fi
+}
+odirect_check 512 61440
+odirect_check 3584 61440
+odirect_check 3584 65536
+odirect_check 1536 1048576
 echo 3 >/proc/sys/vm/drop_caches
 read_check sha256-buffered bs=1M
 

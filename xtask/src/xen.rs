@@ -463,6 +463,14 @@ pub fn dom0_usbreset() -> Result<PathBuf, String> {
     Ok(out)
 }
 
+/// `tests/xen/odirect-cat.c` for dom0 (`/usr/bin/odirect-cat`: the whole device through O_DIRECT
+/// reads into a buffer at a chosen offset inside a page; tests/xen/pvusb-sg.sh).
+pub fn dom0_odirect_cat() -> Result<PathBuf, String> {
+    let out = util::target().join("dom0/odirect-cat");
+    dom0_c_program(&util::root().join("tests/xen/odirect-cat.c"), &out)?;
+    Ok(out)
+}
+
 /// One Xen boot.
 pub struct Boot<'a> {
     pub art: &'a Artifacts,
@@ -593,6 +601,7 @@ fn boot_once(b: &Boot, attempt: u32) -> Result<qemu::Outcome, String> {
     extra.push(("usr/bin/usbdom".to_string(), dom0_tool()?));
     extra.push(("usr/bin/usbreset".to_string(), dom0_usbreset()?));
     extra.push(("guest/xen-hcd-sg.ko".to_string(), b.art.xen_hcd_sg.clone()));
+    extra.push(("usr/bin/odirect-cat".to_string(), dom0_odirect_cat()?));
     data.extend(run_cpio(b.guest, &extra)?);
     fs::write(&initrd, data).map_err(|e| e.to_string())?;
 
