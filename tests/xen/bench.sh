@@ -124,7 +124,7 @@ via_usbdom() {
       if timeout 30 usbdom attach $FE 1 "$STICK" --wait $B >/tmp/attach.out 2>&1 && wait_for 60 new_disk; then
         [ $mode = usbdom ] && M attach-to-disk-s "$(secs_since $t0)"
         xt "$mode: /dev/$DISK ($(cat /sys/block/$DISK/size) sectors)"
-        xt "$mode: queue max_sectors_kb=$(cat /sys/block/$DISK/queue/max_sectors_kb) max_hw_sectors_kb=$(cat /sys/block/$DISK/queue/max_hw_sectors_kb) max_segments=$(cat /sys/block/$DISK/queue/max_segments)"
+        xt "$mode: queue max_sectors_kb=$(cat /sys/block/$DISK/queue/max_sectors_kb) max_hw_sectors_kb=$(cat /sys/block/$DISK/queue/max_hw_sectors_kb) max_segments=$(cat /sys/block/$DISK/queue/max_segments) frontend $(readlink /sys/bus/xen/devices/vusb-0/driver/module | sed 's,.*/,,')"
         # The data path must deliver the image's bytes (64 KiB O_DIRECT reads).
         if [ -n "$XT_STICK_SHA256" ]; then
           sum=$(timeout 120 dd if=/dev/$DISK bs=64k iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
@@ -152,11 +152,11 @@ via_usbdom() {
 
 # 3. usbdom-sg: grant copy (a fresh usbdom), dom0's frontend the scatter-gather xen-hcd-sg.ko.
 sg_phase() {
-  timeout 20 modprobe -r xen-hcd || xt "modprobe -r xen-hcd failed"
-  timeout 30 modprobe usbcore || xt "modprobe usbcore failed"
+  timeout 20 rmmod xen_hcd || xt "rmmod xen_hcd failed"
+  [ -d /sys/module/xen_hcd ] && bfail usbdom-sg-module "xen_hcd is still loaded"
   if timeout 30 insmod /guest/xen-hcd-sg.ko; then
     via_usbdom usbdom-sg 0 usbdom-sg
-    for m in usb_storage xen_hcd_sg; do timeout 20 rmmod $m || xt "rmmod $m failed"; done
+    timeout 20 rmmod xen_hcd_sg || xt "rmmod xen_hcd_sg failed"
     timeout 30 modprobe xen-hcd || xt "modprobe xen-hcd failed"
   else
     bfail usbdom-sg-module "insmod /guest/xen-hcd-sg.ko failed"

@@ -260,7 +260,8 @@ pub fn run(r: &mut Report) {
         art: &art,
         guest: &k.stripped,
         test: "bench",
-        dom0_vars: vec![],
+        // Four phases (direct, copy, map, sg): more than the default 480 s under load.
+        dom0_vars: vec![("timeout".into(), "720".into())],
         controller: "qemu-xhci",
         devices: vec![],
         extra_files: extra,
@@ -268,7 +269,7 @@ pub fn run(r: &mut Report) {
         name: "bench",
         monitor: None,
         actions: vec![],
-        timeout: Duration::from_secs(600),
+        timeout: Duration::from_secs(900),
         echo: std::env::var_os("USBDOM_BENCH_ECHO").is_some(),
     };
     let res = match xen::boot(&b) {
