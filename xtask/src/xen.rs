@@ -790,7 +790,8 @@ pub fn tier(r: &mut Report) {
     };
     judge(r, &b, &res);
     // PVUSB end to end, in boots of their own: xHCI (dom0 as the frontend, then a second Linux
-    // domU destroyed mid-read, then dom0 again), then UHCI (dom0, a smaller stick).
+    // domU destroyed mid-read, then dom0 again; before the domU, dom0 with the scatter-gather
+    // xen-hcd-sg.ko), then UHCI (dom0, a smaller stick).
     crate::pvusb_tier::tier(
         "qemu-xhci",
         "pvusb",
@@ -798,7 +799,10 @@ pub fn tier(r: &mut Report) {
         &art,
         &guest,
         pvusb_vars.clone(),
-        true,
+        crate::pvusb_tier::Also {
+            domu: true,
+            sg: true,
+        },
     );
     crate::pvusb_tier::tier(
         "piix3-usb-uhci",
@@ -807,7 +811,10 @@ pub fn tier(r: &mut Report) {
         &art,
         &guest,
         pvusb_vars,
-        false,
+        crate::pvusb_tier::Also {
+            domu: false,
+            sg: false,
+        },
     );
 }
 
