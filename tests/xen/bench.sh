@@ -6,6 +6,8 @@
 #      the xen-hcd frontend and reads the stick again: once with usbdom's grant-copy data path
 #      ("usbdom", usbdom.zero_copy=0), once more with a fresh usbdom on grant map ("usbmap",
 #      usbdom.zero_copy=1).
+#   3. "usbdom-sg": a fresh usbdom on grant copy again, dom0's frontend now xen-hcd-sg.ko
+#      (xen-hcd with scatter-gather, tests/xen-hcd/xen-hcd-sg.patch) instead of xen-hcd.
 # Per mode: sequential read of the whole stick (/guest/qd1 seq: 3 passes of 1 MiB O_DIRECT reads;
 # one dd bs=1M iflag=direct pass as a cross-check, timed by /proc/uptime) and QD1 4 KiB
 # random-read latency (/guest/qd1: 200 O_DIRECT preads, the same offsets in both modes).
@@ -122,6 +124,7 @@ via_usbdom() {
       if timeout 30 usbdom attach $FE 1 "$STICK" --wait $B >/tmp/attach.out 2>&1 && wait_for 60 new_disk; then
         [ $mode = usbdom ] && M attach-to-disk-s "$(secs_since $t0)"
         xt "$mode: /dev/$DISK ($(cat /sys/block/$DISK/size) sectors)"
+        xt "$mode: queue max_sectors_kb=$(cat /sys/block/$DISK/queue/max_sectors_kb) max_hw_sectors_kb=$(cat /sys/block/$DISK/queue/max_hw_sectors_kb) max_segments=$(cat /sys/block/$DISK/queue/max_segments) frontend $(readlink /sys/bus/xen/devices/vusb-0/driver/module | sed 's,.*/,,')"
         # The data path must deliver the image's bytes (64 KiB O_DIRECT reads).
         if [ -n "$XT_STICK_SHA256" ]; then
           sum=$(timeout 120 dd if=/dev/$DISK bs=64k iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
@@ -147,6 +150,19 @@ via_usbdom() {
   xt_down || xt "usbdom shutdown was not clean"
 }
 
+# 3. usbdom-sg: grant copy (a fresh usbdom), dom0's frontend the scatter-gather xen-hcd-sg.ko.
+sg_phase() {
+  timeout 20 rmmod xen_hcd || xt "rmmod xen_hcd failed"
+  [ -d /sys/module/xen_hcd ] && bfail usbdom-sg-module "xen_hcd is still loaded"
+  if timeout 30 insmod /guest/xen-hcd-sg.ko; then
+    via_usbdom usbdom-sg 0 usbdom-sg
+    timeout 20 rmmod xen_hcd_sg || xt "rmmod xen_hcd_sg failed"
+    timeout 30 modprobe xen-hcd || xt "modprobe xen-hcd failed"
+  else
+    bfail usbdom-sg-module "insmod /guest/xen-hcd-sg.ko failed"
+  fi
+}
+
 # 2. Through usbdom, both data paths side by side: grant copy ("usbdom"; its create and ready times
 #    are read by the host from the serial stamps of this first run), then grant map ("usbmap").
 XT_BDF=$(xt_controller_bdf "${XT_PCI_ID:-1b36:000d}")
@@ -154,6 +170,7 @@ if [ -n "$XT_BDF" ] && xt_assign "$XT_BDF"; then
   timeout 30 modprobe xen-hcd || bfail modprobe-xen-hcd "modprobe xen-hcd failed"
   via_usbdom usbdom 0 usbdom
   via_usbdom usbmap 1 usbdom-map
+  sg_phase
 else
   bfail usbdom-up "no USB host controller to assign ($XT_BDF)"
 fi

@@ -6,7 +6,10 @@
 //! In the xHCI boot a second Linux domain then becomes the frontend (`tests/xen/pvusb-domu.sh`):
 //! it reads the whole stick (sha256), is destroyed in the middle of its next read (with the
 //! keyboard's interrupt transfer in flight), usbdom cleans up and resets both devices, and dom0
-//! as the next frontend reads the whole device as the image.
+//! as the next frontend reads the whole device as the image. Before that, also in the xHCI boot,
+//! dom0 is the frontend once more with `xen-hcd-sg.ko` (xen-hcd with scatter-gather,
+//! `tests/xen-hcd/xen-hcd-sg.patch`; `tests/xen/pvusb-sg.sh`): queue limits, whole-device sha256
+//! through O_DIRECT reads of several sizes and buffer offsets, O_DIRECT writes read back.
 //! The scripts print one `PVUSB-CHECK PASS <name>` / `PVUSB-CHECK FAIL <name>: <why>` line per
 //! check and `PVUSB-MEASURE <name> <value>` lines; every expected check must pass.
 
@@ -41,6 +44,23 @@ pub const DOMU_CHECKS: &[&str] = &[
     "domu-inflight-drained",
     "domu-device-reset",
     "after-destroy-sha256",
+];
+
+/// The checks `tests/xen/pvusb-sg.sh` makes, in order (dom0's frontend is `xen-hcd-sg.ko`).
+pub const SG_CHECKS: &[&str] = &[
+    "insmod-xen-hcd-sg",
+    "frontend-is-xen-hcd-sg",
+    "sg-queue-limits",
+    "sha256-odirect-64k",
+    "sha256-odirect-1m",
+    "sha256-odirect-at512-61440",
+    "sha256-odirect-at3584-61440",
+    "sha256-odirect-at3584-65536",
+    "sha256-odirect-at1536-1048576",
+    "sha256-buffered",
+    "odirect-write-read-restore",
+    "sha256-after-restore",
+    "dmesg-clean",
 ];
 
 /// The verdict of each expected check (`expected`) from the serial lines.
@@ -95,9 +115,17 @@ pub fn measures(lines: &[Line]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The scenarios a PVUSB boot runs after `tests/xen/pvusb.sh`.
+pub struct Also {
+    /// A second Linux domain as the frontend ([`DOMU_CHECKS`]).
+    pub domu: bool,
+    /// dom0 as the frontend with the scatter-gather `xen-hcd-sg.ko` ([`SG_CHECKS`]).
+    pub sg: bool,
+}
+
 /// Boot once more with the PVUSB scenario over `controller` (a QEMU device of
-/// [`xen::CONTROLLERS`]) and judge it; check names start with `xen: <name>:`. With `domu`, the
-/// second-frontend scenario ([`DOMU_CHECKS`]) runs in the same boot.
+/// [`xen::CONTROLLERS`]) and judge it; check names start with `xen: <name>:`. The scenarios of
+/// `also` run in the same boot (the scatter-gather frontend's before the second domain's).
 pub fn tier(
     controller: &str,
     name: &str,
@@ -105,14 +133,19 @@ pub fn tier(
     art: &Artifacts,
     guest: &std::path::Path,
     mut vars: Vec<(String, String)>,
-    domu: bool,
+    also: Also,
 ) {
+    let Also { domu, sg } = also;
     let mut extra_files = vec![];
     let mut expected: Vec<&str> = CHECKS.to_vec();
+    if sg {
+        vars.push(("pvusb_sg".into(), "1".into()));
+        expected.extend_from_slice(SG_CHECKS);
+    }
     if domu {
         vars.push(("pvusb_domu".into(), "1".into()));
         // The dom0 script's own bound (tests/xen/init), inside the QEMU timeout below.
-        vars.push(("timeout".into(), "560".into()));
+        vars.push(("timeout".into(), if sg { "680" } else { "560" }.into()));
         // The dom0 kernel doubles as the frontend domU's kernel.
         extra_files.push(("guest/vmlinuz".to_string(), art.vmlinuz.clone()));
         expected.extend_from_slice(DOMU_CHECKS);
@@ -129,7 +162,7 @@ pub fn tier(
         name,
         monitor: None,
         actions: vec![],
-        timeout: Duration::from_secs(600),
+        timeout: Duration::from_secs(if sg { 720 } else { 600 }),
         echo: true,
     };
     let prefix = format!("xen: {name}");
@@ -229,6 +262,29 @@ mod tests {
             DOMU_CHECKS.len(),
             "the domU checks were not reached: {v:?}"
         );
+    }
+
+    #[test]
+    fn sg_checks_are_the_ones_pvusb_sg_sh_makes() {
+        let script = std::fs::read_to_string(util::root().join("tests/xen/pvusb-sg.sh")).unwrap();
+        for c in SG_CHECKS {
+            let made = if let Some(rest) = c.strip_prefix("sha256-odirect-at") {
+                let (mis, chunk) = rest.split_once('-').unwrap();
+                script.contains(&format!("\nodirect_check {mis} {chunk}\n"))
+            } else {
+                script.contains(&format!("pass {c}\n"))
+                    || script.contains(&format!("pass {c} "))
+                    || script.contains(&format!("\nread_check {c} "))
+            };
+            assert!(made, "tests/xen/pvusb-sg.sh makes no check {c}");
+        }
+        // Asked for, they are expected, and missing ones fail.
+        let v = verdicts(
+            &l(&["PVUSB-CHECK PASS dmesg-clean"]),
+            "xen: pvusb",
+            SG_CHECKS,
+        );
+        assert_eq!(v.iter().filter(|(_, r)| r.is_ok()).count(), 1);
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //!
 //! Cached under `target/xen/` (each artifact rebuilt only when its inputs change, see
 //! [`util::cached`]): the Xen ELF (from `/boot/xen-4.17-amd64.gz`), the Debian vmlinuz,
-//! `xen-hcd.ko` built out of tree from `linux-source-6.1`, and the dom0 base initramfs. Per run a
-//! small cpio with `/init`, `/tests/*` (from `tests/xen/`) and `/guest/usbdom` is appended.
+//! `xen-hcd.ko` built out of tree from `linux-source-6.1`, `xen-hcd-sg.ko` (the same source with
+//! `tests/xen-hcd/xen-hcd-sg.patch`: scatter-gather), and the dom0 base initramfs. Per run a small
+//! cpio with `/init`, `/tests/*` (from `tests/xen/`), `/guest/usbdom` and `/guest/xen-hcd-sg.ko`
+//! is appended.
 //!
 //! The dom0 scripts print markers (`XT: ...`, `XT-DOM0-READY`, `U| ` live usbdom console lines,
 //! `C| ` the full console at the end); this module reads them from the serial log.
@@ -40,6 +42,7 @@ pub const PACKAGES: &[&str] = &[
     "xz-utils",
     "bc",
     "binutils",
+    "patch",
 ];
 
 /// Bump when the way the cached base initramfs is built changes.
@@ -63,6 +66,21 @@ pub struct Artifacts {
     pub vmlinuz: PathBuf,
     pub base_cpio: PathBuf,
     pub xen_hcd: PathBuf,
+    /// `xen-hcd-sg.ko`: xen-hcd with scatter-gather (module `xen_hcd_sg`); each run ships it as
+    /// `/guest/xen-hcd-sg.ko` for dom0 to `insmod` instead of `xen-hcd`.
+    pub xen_hcd_sg: PathBuf,
+}
+
+/// The patch that makes `xen-hcd-sg.ko` out of `xen-hcd.c` (relative to the repository root).
+pub const SG_PATCH: &str = "tests/xen-hcd/xen-hcd-sg.patch";
+
+/// The cache key of `xen-hcd-sg.ko`: the stock module's key plus the patch's content.
+fn sg_hcd_key(hcd_key: &str, patch: &[u8]) -> String {
+    format!(
+        "{hcd_key} sg-patch:{:016x}:{}",
+        util::fnv1a64(util::FNV_OFFSET, patch),
+        patch.len()
+    )
 }
 
 /// The newest `*-amd64` kernel that has modules, a vmlinuz and headers.
@@ -133,6 +151,13 @@ pub fn prepare() -> Result<Result<Artifacts, String>, String> {
         build_xen_hcd(&dir, &kver, src_tar, out)
     })?;
 
+    let xen_hcd_sg = dir.join("xen-hcd-sg.ko");
+    let patch_path = util::root().join(SG_PATCH);
+    let patch = fs::read(&patch_path).map_err(|e| format!("{}: {e}", patch_path.display()))?;
+    util::cached(&xen_hcd_sg, &sg_hcd_key(&hcd_key, &patch), |out| {
+        build_xen_hcd_sg(&dir, &kver, src_tar, &patch_path, out)
+    })?;
+
     let base_cpio = dir.join("dom0-base.cpio");
     let base_key = format!(
         "{BASE_RECIPE} {kver} {hcd_key} {} {} {}",
@@ -148,6 +173,7 @@ pub fn prepare() -> Result<Result<Artifacts, String>, String> {
         vmlinuz,
         base_cpio,
         xen_hcd,
+        xen_hcd_sg,
     }))
 }
 
@@ -182,6 +208,55 @@ fn build_xen_hcd(dir: &Path, kver: &str, src_tar: &Path, out: &Path) -> Result<(
             .args(["CC=gcc-12", "modules"]),
     )?;
     fs::copy(b.join("xen-hcd.ko"), out).map_err(|e| format!("xen-hcd.ko: {e}"))?;
+    Ok(())
+}
+
+/// `xen-hcd-sg.ko`: `xen-hcd.c` from `linux-source-6.1` with [`SG_PATCH`] applied, built as module
+/// `xen-hcd-sg` (the source renamed `xen-hcd-sg.c`) so it can be loaded instead of `xen-hcd`.
+fn build_xen_hcd_sg(
+    dir: &Path,
+    kver: &str,
+    src_tar: &Path,
+    patch: &Path,
+    out: &Path,
+) -> Result<(), String> {
+    let b = dir.join("xen-hcd-sg-build");
+    let _ = fs::remove_dir_all(&b);
+    fs::create_dir_all(&b).map_err(|e| e.to_string())?;
+    println!("xen: building xen-hcd-sg.ko for {kver} (xen-hcd.c + {SG_PATCH})");
+    util::run(
+        Command::new("tar")
+            .arg("-xJf")
+            .arg(src_tar)
+            .arg("-C")
+            .arg(&b)
+            .args([
+                "--wildcards",
+                "--strip-components=4",
+                "*/drivers/usb/host/xen-hcd.c",
+            ]),
+    )?;
+    let pristine = b.join("xen-hcd.c");
+    let patched = b.join("xen-hcd-sg.c");
+    let patch_file = fs::File::open(patch).map_err(|e| format!("{}: {e}", patch.display()))?;
+    util::run(
+        Command::new("patch")
+            .args(["--batch", "--forward", "--silent", "-o"])
+            .arg(&patched)
+            .arg(&pristine)
+            .stdin(patch_file),
+    )
+    .map_err(|e| format!("{SG_PATCH} does not apply to xen-hcd.c: {e}"))?;
+    fs::remove_file(&pristine).map_err(|e| e.to_string())?;
+    fs::write(b.join("Makefile"), "obj-m := xen-hcd-sg.o\n").map_err(|e| e.to_string())?;
+    util::run(
+        Command::new("make")
+            .arg("-C")
+            .arg(format!("/lib/modules/{kver}/build"))
+            .arg(format!("M={}", b.display()))
+            .args(["CC=gcc-12", "modules"]),
+    )?;
+    fs::copy(b.join("xen-hcd-sg.ko"), out).map_err(|e| format!("xen-hcd-sg.ko: {e}"))?;
     Ok(())
 }
 
@@ -388,6 +463,14 @@ pub fn dom0_usbreset() -> Result<PathBuf, String> {
     Ok(out)
 }
 
+/// `tests/xen/odirect-cat.c` for dom0 (`/usr/bin/odirect-cat`: the whole device through O_DIRECT
+/// reads into a buffer at a chosen offset inside a page; tests/xen/pvusb-sg.sh).
+pub fn dom0_odirect_cat() -> Result<PathBuf, String> {
+    let out = util::target().join("dom0/odirect-cat");
+    dom0_c_program(&util::root().join("tests/xen/odirect-cat.c"), &out)?;
+    Ok(out)
+}
+
 /// One Xen boot.
 pub struct Boot<'a> {
     pub art: &'a Artifacts,
@@ -517,6 +600,8 @@ fn boot_once(b: &Boot, attempt: u32) -> Result<qemu::Outcome, String> {
     let mut extra = b.extra_files.clone();
     extra.push(("usr/bin/usbdom".to_string(), dom0_tool()?));
     extra.push(("usr/bin/usbreset".to_string(), dom0_usbreset()?));
+    extra.push(("guest/xen-hcd-sg.ko".to_string(), b.art.xen_hcd_sg.clone()));
+    extra.push(("usr/bin/odirect-cat".to_string(), dom0_odirect_cat()?));
     data.extend(run_cpio(b.guest, &extra)?);
     fs::write(&initrd, data).map_err(|e| e.to_string())?;
 
@@ -705,7 +790,8 @@ pub fn tier(r: &mut Report) {
     };
     judge(r, &b, &res);
     // PVUSB end to end, in boots of their own: xHCI (dom0 as the frontend, then a second Linux
-    // domU destroyed mid-read, then dom0 again), then UHCI (dom0, a smaller stick).
+    // domU destroyed mid-read, then dom0 again; before the domU, dom0 with the scatter-gather
+    // xen-hcd-sg.ko), then UHCI (dom0, a smaller stick).
     crate::pvusb_tier::tier(
         "qemu-xhci",
         "pvusb",
@@ -713,7 +799,10 @@ pub fn tier(r: &mut Report) {
         &art,
         &guest,
         pvusb_vars.clone(),
-        true,
+        crate::pvusb_tier::Also {
+            domu: true,
+            sg: true,
+        },
     );
     crate::pvusb_tier::tier(
         "piix3-usb-uhci",
@@ -722,7 +811,10 @@ pub fn tier(r: &mut Report) {
         &art,
         &guest,
         pvusb_vars,
-        false,
+        crate::pvusb_tier::Also {
+            domu: false,
+            sg: false,
+        },
     );
 }
 
@@ -1045,6 +1137,22 @@ mod tests {
             verdict(&l(&[ready, "XT: user script rc=0"]), "x", RC),
             Ok(())
         );
+    }
+
+    #[test]
+    fn sg_module_key_follows_the_patch_and_the_stock_key() {
+        let k = sg_hcd_key("6.1 src:1:2 mk:3:4", b"--- a\n+++ b\n");
+        assert_eq!(k, sg_hcd_key("6.1 src:1:2 mk:3:4", b"--- a\n+++ b\n"));
+        assert!(k.starts_with("6.1 src:1:2 mk:3:4 "));
+        // One changed byte of the patch, or a new kernel/source, rebuilds the module.
+        assert_ne!(k, sg_hcd_key("6.1 src:1:2 mk:3:4", b"--- a\n+++ c\n"));
+        assert_ne!(k, sg_hcd_key("6.1 src:1:9 mk:3:4", b"--- a\n+++ b\n"));
+        // The patch in the repository is a unified diff of xen-hcd.c with its licence header.
+        let p = fs::read_to_string(util::root().join(SG_PATCH)).unwrap();
+        assert!(p.starts_with("SPDX-License-Identifier: GPL-2.0\n"));
+        assert!(p.contains("\n--- a/drivers/usb/host/xen-hcd.c"));
+        assert!(p.contains("\n+++ b/drivers/usb/host/xen-hcd.c"));
+        assert!(p.contains("+\t\thcd->self.sg_tablesize = XENUSB_MAX_SEGMENTS_PER_REQUEST;"));
     }
 
     #[test]
