@@ -34,8 +34,17 @@
 //! thirds of that in the emulated controller (its work runs inside the doorbell write of the
 //! submit); the rest of the read is the frontend and the event-channel round trips between dom0
 //! and usbdom on the one emulated CPU.
+//! Per round, not per transfer: every completion the controller has is answered first, then
+//! each frontend that got answers is served once (its IN data copied back in one batched grant
+//! copy, its responses published with at most one notification), then every ring once; if that
+//! handed the controller transfers, the controller is polled again before the loop sleeps (the
+//! emulated controller often finishes a transfer inside the doorbell write). Measured against
+//! the per-transfer loop in one boot, interleaved (A, B, A, B; stock `xen-hcd`, TCG): no
+//! regression, sequential read +0-15 %, QD1 median -4 to -13 %; the stock frontend's own limits
+//! dominate (one URB per page, and URBs that find its 16-slot ring full wait for a 4 ms timer).
 //! The loop's statistics line shows, per 10 s window, the grant hypercalls (calls, entries,
-//! time) and where the window's transfers spent their time ([`pvusb::link::UrbTiming`]).
+//! time) and where the window's transfers spent their time ([`pvusb::link::UrbTiming`]);
+//! `usbdom.trace=1` adds the last transfers one by one ([`pvusb::link::UrbTrace`]).
 
 use alloc::format;
 use alloc::rc::Rc;
