@@ -324,7 +324,13 @@ pub fn load() -> String {
 
 pub fn run(r: &mut Report) {
     println!("==== bench: QEMU-tier sequential read (usbdom vs Linux, TCG) ====");
-    match util::ensure_packages(&["qemu-system-x86", "busybox-static", "kmod"]) {
+    // The Linux guest is the host's Debian kernel (a fresh machine has none installed).
+    match util::ensure_packages(&[
+        "qemu-system-x86",
+        "busybox-static",
+        "kmod",
+        "linux-image-amd64",
+    ]) {
         Ok(util::Prereq::Ready) => {}
         Ok(util::Prereq::Unavailable(why)) => return r.skip("bench: qemu throughput", why),
         Err(e) => return r.fail("bench: qemu throughput: prerequisites", e),
