@@ -6,15 +6,21 @@
 #      the xen-hcd frontend and reads the stick again: once with usbdom's grant-copy data path
 #      ("usbdom", usbdom.zero_copy=0), once more with a fresh usbdom on grant map ("usbmap",
 #      usbdom.zero_copy=1).
-# Per mode: sequential read of the whole stick (/guest/qd1 seq: 3 passes of 1 MiB O_DIRECT reads;
-# one dd bs=1M iflag=direct pass as a cross-check, timed by /proc/uptime) and QD1 4 KiB
-# random-read latency (/guest/qd1: 200 O_DIRECT preads, the same offsets in both modes).
-# Output lines the host reads: "BENCH-MEASURE <name> <value>", "BENCH-FAIL <step>: <why>".
+# Each mode is one function call below; a mode measures its /dev/sdX with `measure MODE`:
+# the stick's sha256 against the image, a dd cross-check, sequential read (/guest/qd1 seq: 3
+# passes of 1 MiB O_DIRECT reads, with dom0's busy CPU time), sequential write (/guest/qd1 seqw:
+# 3 passes of 1 MiB O_DIRECT writes over the first $WMIB MiB, saved before and restored after),
+# QD1 4 KiB random-read latency (/guest/qd1: 200 O_DIRECT preads, the same offsets in all modes),
+# and the sha256 again at the end (the write must leave the image intact).
+# Output lines the host reads: "BENCH-MEASURE <name> <value>", "BENCH-FAIL <step>: <why>",
+# "XT: phase <what>" (shown on the host as progress).
 . /tests/lib.sh
 FE=0
 fails=0
+WMIB=8
 M() { echo "BENCH-MEASURE $1 $2"; }
 bfail() { echo "BENCH-FAIL $1: $2"; fails=$((fails + 1)); }
+phase() { xt "phase $*"; }
 sd_disks() { ls /sys/block 2>/dev/null | grep '^sd' | sort; }
 DISK=""
 new_disk() {
@@ -23,11 +29,51 @@ new_disk() {
 }
 no_disk() { [ -z "$(sd_disks)" ]; }
 secs_since() { awk -v a="$1" -v b="$(uptime_s)" 'BEGIN{printf "%.2f", b-a}'; }
+pause() { [ -n "$PAUSE" ] && sleep $PAUSE; }
 
-# measure MODE: seq MiB/s (one dd pass, then qd1: 3 whole-device passes) and QD1 4 KiB latency of /dev/$DISK.
+# sha_check MODE WHEN: /dev/$DISK's sha256 (64 KiB O_DIRECT reads) must be the image's.
+sha_check() {
+  local sum
+  if [ -z "$XT_STICK_SHA256" ]; then xt "$1: data check skipped: no XT_STICK_SHA256"; return 0; fi
+  sum=$(timeout 120 dd if=/dev/$DISK bs=64k iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
+  if [ "$sum" = "$XT_STICK_SHA256" ]; then
+    xt "$1: sha256 matches the image ($2)"
+  else
+    bfail $1-data-$2 "/dev/$DISK sha256 $sum, the image is $XT_STICK_SHA256"
+    return 1
+  fi
+}
+
+# measure_write MODE: save the first $WMIB MiB, time 3 passes of O_DIRECT 1 MiB writes of a
+# pattern over them (qd1 seqw reads them back and compares), restore the saved bytes.
+measure_write() {
+  local mode=$1 out rc
+  if ! timeout 60 dd if=/dev/$DISK of=/tmp/region bs=1M count=$WMIB iflag=direct 2>/tmp/save.err; then
+    bfail $mode-seqw "saving the region failed: $(tr '\n' ' ' < /tmp/save.err)"
+    return 1
+  fi
+  out=$(timeout 120 /guest/qd1 /dev/$DISK seqw 3 $WMIB 2>&1); rc=$?
+  if [ $rc = 0 ]; then
+    xt "$mode: seqw $out"
+    M $mode-seqw-mib-s "$(echo "$out" | sed -n 's/.*mib_s=\([0-9.]*\).*/\1/p')"
+  else
+    bfail $mode-seqw "qd1 seqw rc=$rc: $out"
+  fi
+  if timeout 120 dd if=/tmp/region of=/dev/$DISK bs=1M oflag=direct conv=fsync 2>/tmp/restore.err; then
+    xt "$mode: region restored"
+  else
+    bfail $mode-restore "restoring the first $WMIB MiB failed: $(tr '\n' ' ' < /tmp/restore.err)"
+  fi
+  rm -f /tmp/region
+}
+
+# measure MODE: the rows of one mode on /dev/$DISK (see the top of this file).
 measure() {
   local mode=$1 bytes t0 secs out
+  phase "$mode: sha256 before"
+  sha_check $mode before
   bytes=$(($(cat /sys/block/$DISK/size) * 512))
+  phase "$mode: dd read"
   t0=$(uptime_s)
   if timeout 120 dd if=/dev/$DISK of=/dev/null bs=1M iflag=direct 2>/tmp/seq.err; then
     secs=$(secs_since $t0)
@@ -35,15 +81,26 @@ measure() {
   else
     bfail $mode-dd "dd failed: $(tr '\n' ' ' < /tmp/seq.err)"
   fi
-  [ -n "$PAUSE" ] && sleep $PAUSE
+  pause
+  phase "$mode: seq read"
   out=$(timeout 120 /guest/qd1 /dev/$DISK seq 3 2>&1)
   if [ $? = 0 ]; then
     xt "$mode: seq $out"
-    M $mode-seq-mib-s "${out##*mib_s=}"
+    for kv in $out; do
+      case $kv in
+        bytes=*) M $mode-seq-bytes "${kv#*=}";;
+        mib_s=*) M $mode-seq-mib-s "${kv#*=}";;
+        cpu_s=*) M $mode-seq-cpu-s "${kv#*=}";;
+      esac
+    done
   else
     bfail $mode-seq "qd1 seq: $out"
   fi
-  [ -n "$PAUSE" ] && sleep $PAUSE
+  pause
+  phase "$mode: seq write"
+  measure_write $mode
+  pause
+  phase "$mode: qd1 4k"
   out=$(timeout 120 /guest/qd1 /dev/$DISK 200 42 2>&1)
   if [ $? = 0 ]; then
     xt "$mode: qd1 $out"
@@ -53,27 +110,33 @@ measure() {
   else
     bfail $mode-lat "qd1: $out"
   fi
-  [ -n "$PAUSE" ] && sleep $PAUSE
+  pause
+  phase "$mode: sha256 after"
+  sha_check $mode after
+  phase "$mode: done"
 }
 
 for m in usbcore usb-storage sd_mod; do timeout 30 modprobe $m || xt "modprobe $m failed"; done
 
-# 1. Direct: dom0's own xhci driver.
-if timeout 30 insmod /guest/xhci-hcd.ko && timeout 30 insmod /guest/xhci-pci.ko; then
-  if wait_for 60 new_disk; then
-    xt "direct: /dev/$DISK ($(cat /sys/block/$DISK/size) sectors)"
-    measure direct
+# direct: dom0's own xhci driver reads the stick; then gives the controller back (unloads the
+# driver, waits for the disk to go).
+direct() {
+  phase "direct: load xhci-pci"
+  if timeout 30 insmod /guest/xhci-hcd.ko && timeout 30 insmod /guest/xhci-pci.ko; then
+    if wait_for 60 new_disk; then
+      xt "direct: /dev/$DISK ($(cat /sys/block/$DISK/size) sectors)"
+      measure direct
+    else
+      bfail direct-disk "no /dev/sdX within 60 s of loading xhci-pci"
+      dmesg | tail -15 | sed 's/^/XT:   dmesg: /'
+    fi
   else
-    bfail direct-disk "no /dev/sdX within 60 s of loading xhci-pci"
-    dmesg | tail -15 | sed 's/^/XT:   dmesg: /'
+    bfail direct-modules "insmod xhci-hcd/xhci-pci failed"
   fi
-else
-  bfail direct-modules "insmod xhci-hcd/xhci-pci failed"
-fi
-# Give the controller back: unload dom0's driver, wait for the disk to go.
-timeout 30 rmmod xhci_pci || xt "rmmod xhci_pci failed"
-timeout 30 rmmod xhci_hcd || xt "rmmod xhci_hcd failed"
-wait_for 20 no_disk || bfail direct-release "a /dev/sd* is still there after rmmod xhci_pci"
+  timeout 30 rmmod xhci_pci || xt "rmmod xhci_pci failed"
+  timeout 30 rmmod xhci_hcd || xt "rmmod xhci_hcd failed"
+  wait_for 20 no_disk || bfail direct-release "a /dev/sd* is still there after rmmod xhci_pci"
+}
 
 # usbdom_start ZC: create usbdom with the controller (XT_BDF) and usbdom.zero_copy=ZC on its
 # command line (memory=$XT_MEM, retried once at 16), follow its console, wait for "usbdom: ready".
@@ -103,10 +166,12 @@ via_usbdom() {
   local mode=$1 zc=$2 rc crc
   XT_NAME=$3
   local B="--backend $XT_NAME"
+  phase "$mode: start usbdom (zero_copy=$zc)"
   usbdom_start "$zc"; rc=$?
   if [ $rc = 0 ]; then
     M $mode-domid "$(xlt domid "$XT_NAME")"
     wait_for 30 xt_find_devs $B || bfail $mode-list "usbdom list shows no stick"
+    phase "$mode: connect dom0's xen-hcd"
     t0=$(uptime_s)
     out=$(timeout 30 usbdom create-controller $FE --ports 1 --version 2 --wait $B 2>&1)
     crc=$?
@@ -122,14 +187,6 @@ via_usbdom() {
       if timeout 30 usbdom attach $FE 1 "$STICK" --wait $B >/tmp/attach.out 2>&1 && wait_for 60 new_disk; then
         [ $mode = usbdom ] && M attach-to-disk-s "$(secs_since $t0)"
         xt "$mode: /dev/$DISK ($(cat /sys/block/$DISK/size) sectors)"
-        # The data path must deliver the image's bytes (64 KiB O_DIRECT reads).
-        if [ -n "$XT_STICK_SHA256" ]; then
-          sum=$(timeout 120 dd if=/dev/$DISK bs=64k iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
-          [ "$sum" = "$XT_STICK_SHA256" ] && xt "$mode: sha256 matches the image" ||
-            bfail $mode-data "/dev/$DISK sha256 $sum, the image is $XT_STICK_SHA256"
-        else
-          xt "$mode: data check skipped: no XT_STICK_SHA256"
-        fi
         # Pauses longer than usbdom's 10 s statistics window around the phases, so each of its
         # statistics lines covers one phase only.
         PAUSE=11 measure $mode
@@ -147,8 +204,10 @@ via_usbdom() {
   xt_down || xt "usbdom shutdown was not clean"
 }
 
-# 2. Through usbdom, both data paths side by side: grant copy ("usbdom"; its create and ready times
-#    are read by the host from the serial stamps of this first run), then grant map ("usbmap").
+# The modes, in order: dom0 owning the controller (direct), then through usbdom, both data paths
+# side by side: grant copy ("usbdom"; its create and ready times are read by the host from the
+# serial stamps of this first run), then grant map ("usbmap").
+direct
 XT_BDF=$(xt_controller_bdf "${XT_PCI_ID:-1b36:000d}")
 if [ -n "$XT_BDF" ] && xt_assign "$XT_BDF"; then
   timeout 30 modprobe xen-hcd || bfail modprobe-xen-hcd "modprobe xen-hcd failed"

@@ -587,6 +587,7 @@ fn boot_once(b: &Boot, attempt: u32) -> Result<qemu::Outcome, String> {
         args.push(d.clone());
     }
     let echo = b.echo;
+    let label = b.name.to_string();
     let log = if attempt == 0 {
         b.dir.join(format!("{}.log", b.name))
     } else {
@@ -608,9 +609,19 @@ fn boot_once(b: &Boot, attempt: u32) -> Result<qemu::Outcome, String> {
                     || l.text.starts_with("xtask:"))
             {
                 println!("[{:7.2}] {}", l.t, l.text);
+            } else if let Some(p) = progress_line(&label, l) {
+                println!("{p}");
             }
         }),
     })
+}
+
+/// A progress line for the host when the serial log is not echoed: dom0 scripts mark the phases
+/// of a long run with `XT: phase <what>`, shown as `<name> xen: +93s phase <what>` (seconds since
+/// QEMU start).
+pub fn progress_line(name: &str, l: &Line) -> Option<String> {
+    let what = l.text.strip_prefix("XT: phase ")?;
+    Some(format!("{name} xen: +{:.0}s phase {}", l.t, what.trim()))
 }
 
 /// Boot, retrying at most once when the boot hung before usbdom printed its first line.
@@ -934,6 +945,22 @@ mod tests {
                 text: s.to_string(),
             })
             .collect()
+    }
+
+    #[test]
+    fn progress_lines_are_the_phase_markers_only() {
+        let mut x = l(&[
+            "XT: phase direct: seq read ",
+            "XT: usbdom ready",
+            "U| XT: phase x",
+        ]);
+        x[0].t = 92.6;
+        assert_eq!(
+            progress_line("bench", &x[0]).as_deref(),
+            Some("bench xen: +93s phase direct: seq read")
+        );
+        assert_eq!(progress_line("bench", &x[1]), None);
+        assert_eq!(progress_line("bench", &x[2]), None);
     }
 
     #[test]
