@@ -6,6 +6,7 @@
 #      the xen-hcd frontend and reads the stick again: once with usbdom's grant-copy data path
 #      ("usbdom", usbdom.zero_copy=0), once more with a fresh usbdom on grant map ("usbmap",
 #      usbdom.zero_copy=1).
+#   Before them, "usbip": dom0 owns the xHCI again and reads the stick through usbip over loopback.
 # Each mode is one function call below; a mode measures its /dev/sdX with `measure MODE`:
 # the stick's sha256 against the image, a dd cross-check, sequential read (/guest/qd1 seq: 3
 # passes of 1 MiB O_DIRECT reads, with dom0's busy CPU time), sequential write (/guest/qd1 seqw:
@@ -138,6 +139,70 @@ direct() {
   wait_for 20 no_disk || bfail direct-release "a /dev/sd* is still there after rmmod xhci_pci"
 }
 
+# usbip: the peer users pick on one machine: dom0 owns the xHCI (xhci-pci, as in direct),
+# exports the stick with usbip-host + usbipd and imports it back over 127.0.0.1 with vhci-hcd
+# (`usbip attach`), then measures the imported /dev/sdX. All traffic stays on dom0's loopback.
+usbip_find_busid() {
+  local d
+  for d in /sys/bus/usb/devices/*; do
+    [ "$(cat $d/idVendor 2>/dev/null):$(cat $d/idProduct 2>/dev/null)" = 46f4:0001 ] && { BUSID=$(basename $d); return 0; }
+  done
+  return 1
+}
+usbip_diag() {
+  xt "---- usbip diagnostics ----"
+  timeout 10 usbip list -l 2>&1 | sed 's/^/XT:   /'
+  timeout 10 usbip port 2>&1 | sed 's/^/XT:   /'
+  netstat -ltn 2>/dev/null | sed 's/^/XT:   /'
+  dmesg | tail -15 | sed 's/^/XT:   dmesg: /'
+}
+usbip_peer() {
+  local m out
+  if [ ! -x /usr/sbin/usbipd ] || [ ! -x /usr/sbin/usbip ] || [ ! -f /guest/vhci-hcd.ko ]; then
+    echo "BENCH-SKIP usbip: no usbip/usbipd/vhci-hcd.ko in dom0 (the host did not ship them)"
+    return
+  fi
+  phase "usbip: load xhci-pci and usbip, start usbipd"
+  ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
+  if ! { timeout 30 insmod /guest/xhci-hcd.ko && timeout 30 insmod /guest/xhci-pci.ko; }; then
+    bfail usbip-modules "insmod xhci-hcd/xhci-pci failed"; return
+  fi
+  for m in usbip-core usbip-host vhci-hcd; do
+    timeout 30 insmod /guest/$m.ko || bfail usbip-modules "insmod $m.ko failed"
+  done
+  if ! wait_for 60 usbip_find_busid; then
+    bfail usbip-busid "no 46f4:0001 in /sys/bus/usb/devices within 60 s"; usbip_diag
+  elif ! timeout 10 usbipd -D; then
+    bfail usbip-usbipd "usbipd -D failed"; usbip_diag
+  else
+    wait_for 10 sh -c 'netstat -ltn 2>/dev/null | grep -q ":3240 "' || xt "usbip: nothing listens on :3240 yet"
+    phase "usbip: bind $BUSID, attach over 127.0.0.1"
+    if ! out=$(timeout 30 usbip bind -b $BUSID 2>&1); then
+      bfail usbip-bind "usbip bind -b $BUSID: $out"; usbip_diag
+    elif ! wait_for 30 no_disk; then
+      bfail usbip-bind "/dev/sd* still there after usbip bind"; usbip_diag
+    elif ! out=$(timeout 30 usbip attach -r 127.0.0.1 -b $BUSID 2>&1); then
+      bfail usbip-attach "usbip attach -r 127.0.0.1 -b $BUSID: $out"; usbip_diag
+    elif ! wait_for 60 new_disk; then
+      bfail usbip-disk "no /dev/sdX within 60 s of usbip attach"; usbip_diag
+    else
+      xt "usbip: /dev/$DISK ($(cat /sys/block/$DISK/size) sectors) via vhci-hcd, busid $BUSID"
+      measure usbip
+    fi
+    phase "usbip: detach, unbind"
+    for m in $(timeout 10 usbip port 2>/dev/null | sed -n 's/^Port 0*\([0-9][0-9]*\):.*in Use.*/\1/p'); do
+      timeout 20 usbip detach -p $m >/dev/null 2>&1 || xt "usbip detach -p $m failed"
+    done
+    wait_for 20 no_disk || xt "usbip: disk still there after detach"
+    timeout 20 usbip unbind -b $BUSID >/dev/null 2>&1 || xt "usbip unbind failed"
+  fi
+  for m in $(pidof usbipd); do kill $m; done
+  for m in vhci_hcd usbip_host usbip_core xhci_pci xhci_hcd; do
+    grep -q "^$m " /proc/modules && { timeout 30 rmmod $m || xt "rmmod $m failed"; }
+  done
+  wait_for 20 no_disk || bfail usbip-release "a /dev/sd* is still there after rmmod xhci_pci"
+}
+
 # usbdom_start ZC: create usbdom with the controller (XT_BDF) and usbdom.zero_copy=ZC on its
 # command line (memory=$XT_MEM, retried once at 16), follow its console, wait for "usbdom: ready".
 # Returns like xt_up.
@@ -204,10 +269,11 @@ via_usbdom() {
   xt_down || xt "usbdom shutdown was not clean"
 }
 
-# The modes, in order: dom0 owning the controller (direct), then through usbdom, both data paths
-# side by side: grant copy ("usbdom"; its create and ready times are read by the host from the
-# serial stamps of this first run), then grant map ("usbmap").
+# The modes, in order: dom0 owning the controller (direct, then usbip), then through usbdom, both
+# data paths side by side: grant copy ("usbdom"; its create and ready times are read by the host
+# from the serial stamps of this first run), then grant map ("usbmap").
 direct
+usbip_peer
 XT_BDF=$(xt_controller_bdf "${XT_PCI_ID:-1b36:000d}")
 if [ -n "$XT_BDF" ] && xt_assign "$XT_BDF"; then
   timeout 30 modprobe xen-hcd || bfail modprobe-xen-hcd "modprobe xen-hcd failed"

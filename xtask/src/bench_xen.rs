@@ -1,20 +1,30 @@
 //! `cargo xtask bench`, Xen part (`USBDOM_BENCH=xen` runs only this): PVUSB through usbdom against
-//! the same dom0 Linux owning the controller directly, side by side in ONE Xen boot under QEMU TCG
-//! (`-smp 1`, the Xen tier's QEMU flags and devices: `qemu-xhci` + a 16 MiB `usb-storage` stick).
+//! the same dom0 Linux owning the controller directly, and against usbip (the peer a user would
+//! pick instead), side by side in ONE Xen boot under QEMU TCG (`-smp 1`, the Xen tier's QEMU flags
+//! and devices: `qemu-xhci` + a 16 MiB `usb-storage` stick).
 //!
-//! dom0 runs `tests/xen/bench.sh`: first "direct" (dom0 loads `xhci-hcd`/`xhci-pci`, shipped in
-//! the run's initramfs from the host's module tree of the dom0 kernel), then it unloads them,
-//! hands the controller to usbdom (`xl pci=`), becomes its `xen-hcd` frontend and measures again,
-//! twice, each time with a fresh usbdom: with the grant-copy data path (`usbdom.zero_copy=0`,
-//! "usbdom"/copy) and with grant map (`usbdom.zero_copy=1`, "usbmap"/map). usbdom's loop
-//! statistics lines (10 s windows; dom0 pauses 11 s between phases so each covers one phase) are
-//! printed after the table. Per mode: sequential read of the whole stick (`qd1 DEV seq 3`: 1 MiB O_DIRECT
-//! `pread`s, three passes, CLOCK_MONOTONIC; plain `dd bs=1M iflag=direct` is also run once as a
-//! cross-check, timed by /proc/uptime at 10 ms resolution) and QD1 4 KiB random-read latency (`qd1` below, a static C program: 200 O_DIRECT
-//! `pread`s at the same pseudo-random offsets in both modes, timed with CLOCK_MONOTONIC).
-//! Also: `xl create` → usbdom ready (host serial stamps; the `U|` copy of the console is polled
-//! every 0.3 s, so ±0.3 s), `usbdom create-controller --wait` → backend Connected (dom0 uptime,
-//! 10 ms resolution), the stripped image size and the `memory=` usbdom ran in.
+//! dom0 runs `tests/xen/bench.sh`, one shell function per mode of [`MODES`]: first "direct" (dom0
+//! loads `xhci-hcd`/`xhci-pci`, shipped in the run's initramfs from the host's module tree of the
+//! dom0 kernel); then "usbip" (dom0 owns the xHCI again, exports the stick with `usbip-host` +
+//! `usbipd` and imports it back over 127.0.0.1 with `vhci-hcd`: Debian's `usbip` package, its
+//! libraries and the three modules are shipped per run); then it unloads the xHCI driver, hands
+//! the controller to usbdom (`xl pci=`), becomes its `xen-hcd` frontend and measures again, twice,
+//! each time with a fresh usbdom: with the grant-copy data path (`usbdom.zero_copy=0`,
+//! "usbdom"/copy, `usbdom-dom0` in the JSON) and with grant map (`usbdom.zero_copy=1`,
+//! "usbmap"/map, `usbdom-dom0-map`). usbdom's loop statistics lines (10 s windows; dom0 pauses
+//! 11 s between phases so each covers one phase) are printed after the table.
+//!
+//! Per mode ([`ROWS`]): the stick's sha256 before and after; sequential read of the whole stick
+//! (`qd1 DEV seq 3`: 1 MiB O_DIRECT `pread`s, three passes, CLOCK_MONOTONIC; plain `dd bs=1M
+//! iflag=direct` is also run once as a cross-check, timed by /proc/uptime at 10 ms resolution);
+//! sequential write (`qd1 DEV seqw 3 8`: 1 MiB O_DIRECT `pwrite`s over the first 8 MiB, saved
+//! before and restored after); QD1 4 KiB random-read latency (200 O_DIRECT `pread`s at the same
+//! pseudo-random offsets in all modes); dom0's busy CPU seconds per GiB of the sequential read
+//! (`/proc/stat`: in a PV dom0 that is dom0's vCPU only, not usbdom's). dom0 prints `XT: phase`
+//! markers, shown on the host as progress lines. Also: `xl create` → usbdom ready (host serial
+//! stamps; the `U|` copy of the console is polled every 0.3 s, so ±0.3 s), `usbdom
+//! create-controller --wait` → backend Connected (dom0 uptime, 10 ms resolution), the stripped
+//! image size and the `memory=` usbdom ran in. The results also go to `target/bench/xen.json`.
 //! Ratios are reported, never asserted.
 
 use std::fs;
@@ -154,6 +164,12 @@ pub const MODES: &[Mode] = &[
         key: "usbdom-dom0-map",
         column: "map",
         what: "usbdom, grant map (usbdom.zero_copy=1), a fresh usbdom",
+    },
+    Mode {
+        tag: "usbip",
+        key: "usbip",
+        column: "usbip",
+        what: "dom0 owns the xHCI, exports the stick with usbip-host/usbipd, imports it over 127.0.0.1 (vhci-hcd)",
     },
 ];
 
@@ -449,6 +465,51 @@ fn module_files(deps: &str, want: &[&str]) -> Vec<(String, PathBuf)> {
     out
 }
 
+/// The usbip peer for dom0: `usbip`/`usbipd` from Debian's `usbip` package at their paths, the
+/// shared libraries they need that the base initramfs lacks (it has `xl`'s), `usb.ids`, and the
+/// modules usbip-core, usbip-host and vhci-hcd. `Err(why)` when this host cannot provide them.
+fn usbip_files(kver: &str) -> Result<Vec<(String, PathBuf)>, String> {
+    match util::ensure_packages(&["usbip"])? {
+        util::Prereq::Ready => {}
+        util::Prereq::Unavailable(why) => return Err(why),
+    }
+    let mut out = dom0_modules(
+        kver,
+        &["usbip-host", "vhci-hcd"],
+        &["usbip-core.ko", "usbip-host.ko", "vhci-hcd.ko"],
+    )?;
+    let have: Vec<PathBuf> = xen::ldd(&PathBuf::from(xen::XEN_BIN).join("xl"));
+    for b in ["/usr/sbin/usbip", "/usr/sbin/usbipd"] {
+        let b = PathBuf::from(b);
+        if !b.exists() {
+            return Err(format!("{} is missing after installing usbip", b.display()));
+        }
+        for l in xen::ldd(&b) {
+            let name = l
+                .strip_prefix("/")
+                .unwrap_or(&l)
+                .to_string_lossy()
+                .into_owned();
+            if !have.contains(&l) && !out.iter().any(|(n, _)| *n == name) {
+                // The archive path is ldd's; the file may be a symlink: ship its target's bytes.
+                out.push((name, fs::canonicalize(&l).unwrap_or(l)));
+            }
+        }
+        out.push((
+            b.strip_prefix("/").unwrap().to_string_lossy().into_owned(),
+            b,
+        ));
+    }
+    for ids in ["/usr/share/hwdata/usb.ids", "/usr/share/misc/usb.ids"] {
+        let p = PathBuf::from(ids);
+        if let Ok(real) = fs::canonicalize(&p) {
+            out.push(("usr/share/hwdata/usb.ids".into(), real));
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// `qd1` built static for dom0.
 fn build_qd1(dir: &std::path::Path) -> Result<PathBuf, String> {
     fs::create_dir_all(dir).map_err(|e| e.to_string())?;
@@ -481,7 +542,11 @@ pub fn run(r: &mut Report) {
         Err(e) => return r.fail(name, e),
     };
     // Peers this harness cannot run, with the evidence.
-    let host_skips: Vec<(String, String)> = Vec::new();
+    let mut host_skips: Vec<(String, String)> = Vec::new();
+    match usbip_files(&kver) {
+        Ok(f) => extra.extend(f),
+        Err(why) => host_skips.push(("usbip".into(), format!("not shipped to dom0: {why}"))),
+    }
     match build_qd1(&dir) {
         Ok(b) => extra.push(("guest/qd1".to_string(), b)),
         Err(e) => return r.fail(name, format!("qd1: {e}")),
@@ -847,6 +912,24 @@ mod tests {
         assert_eq!(rest.trim(), "");
         assert!(empty.contains("\"memory_mib\": null"));
         assert_eq!(json_num(Some(f64::NAN)), "null");
+    }
+
+    #[test]
+    fn module_files_are_the_wanted_insmod_lines_in_order() {
+        let deps = "insmod /lib/modules/6.1.0-57-amd64/kernel/drivers/usb/core/usbcore.ko \n\
+                    builtin usb_common\n\
+                    insmod /lib/modules/6.1.0-57-amd64/kernel/drivers/usb/usbip/usbip-core.ko \n\
+                    insmod /lib/modules/6.1.0-57-amd64/kernel/drivers/usb/usbip/vhci-hcd.ko \n";
+        let f = module_files(deps, &["vhci-hcd.ko", "usbip-core.ko"]);
+        assert_eq!(
+            f.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["guest/usbip-core.ko", "guest/vhci-hcd.ko"]
+        );
+        assert_eq!(
+            f[1].1,
+            PathBuf::from("/lib/modules/6.1.0-57-amd64/kernel/drivers/usb/usbip/vhci-hcd.ko")
+        );
+        assert!(module_files("modprobe: FATAL: Module x not found", &["x.ko"]).is_empty());
     }
 
     #[test]

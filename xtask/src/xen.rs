@@ -44,7 +44,7 @@ pub const PACKAGES: &[&str] = &[
 
 /// Bump when the way the cached base initramfs is built changes.
 const BASE_RECIPE: &str = "dom0-base v1";
-const XEN_BIN: &str = "/usr/lib/xen-4.17/bin";
+pub const XEN_BIN: &str = "/usr/lib/xen-4.17/bin";
 /// The emulated xHCI's PCI ID (QEMU's `qemu-xhci`, Red Hat vendor ID).
 pub const XHCI_ID: &str = "1b36:000d";
 /// Controllers the harness can pass through: (QEMU device, PCI ID).
@@ -197,7 +197,7 @@ fn copy_into(root: &Path, src: &Path) -> Result<(), String> {
 }
 
 /// The shared libraries a binary needs, from `ldd`.
-fn ldd(bin: &Path) -> Vec<PathBuf> {
+pub fn ldd(bin: &Path) -> Vec<PathBuf> {
     let out = Command::new("ldd").arg(bin).output();
     let Ok(out) = out else { return vec![] };
     String::from_utf8_lossy(&out.stdout)
