@@ -6,7 +6,8 @@
 #      the xen-hcd frontend and reads the stick again: once with usbdom's grant-copy data path
 #      ("usbdom", usbdom.zero_copy=0), once more with a fresh usbdom on grant map ("usbmap",
 #      usbdom.zero_copy=1).
-#   Before them, "usbip": dom0 owns the xHCI again and reads the stick through usbip over loopback.
+#   Before them, "usbip": dom0 owns the xHCI again and reads the stick through usbip over loopback,
+#   and "qusb": QEMU in dom0 (Xen's qusb backend) serves the stick to a Linux domU frontend.
 # Each mode is one function call below; a mode measures its /dev/sdX with `measure MODE`:
 # the stick's sha256 against the image, a dd cross-check, sequential read (/guest/qd1 seq: 3
 # passes of 1 MiB O_DIRECT reads, with dom0's busy CPU time), sequential write (/guest/qd1 seqw:
@@ -34,10 +35,14 @@ pause() { [ -n "$PAUSE" ] && sleep $PAUSE; }
 
 # sha_check MODE WHEN: /dev/$DISK's sha256 (64 KiB O_DIRECT reads) must be the image's.
 sha_check() {
-  local sum
+  local sum rc
   if [ -z "$XT_STICK_SHA256" ]; then xt "$1: data check skipped: no XT_STICK_SHA256"; return 0; fi
-  sum=$(timeout 120 dd if=/dev/$DISK bs=64k iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
-  if [ "$sum" = "$XT_STICK_SHA256" ]; then
+  sum=$({ timeout 120 dd if=/dev/$DISK bs=64k iflag=direct 2>/tmp/sha.err; echo $? > /tmp/sha.rc; } | sha256sum | cut -d' ' -f1)
+  rc=$(cat /tmp/sha.rc 2>/dev/null)
+  if [ "$rc" != 0 ]; then
+    bfail $1-data-$2 "reading /dev/$DISK for its sha256 failed (dd exit ${rc:-?}: $(tr '\n' ' ' < /tmp/sha.err))"
+    return 1
+  elif [ "$sum" = "$XT_STICK_SHA256" ]; then
     xt "$1: sha256 matches the image ($2)"
   else
     bfail $1-data-$2 "/dev/$DISK sha256 $sum, the image is $XT_STICK_SHA256"
@@ -91,7 +96,7 @@ measure() {
       case $kv in
         bytes=*) M $mode-seq-bytes "${kv#*=}";;
         mib_s=*) M $mode-seq-mib-s "${kv#*=}";;
-        cpu_s=*) M $mode-seq-cpu-s "${kv#*=}";;
+        cpu_s=*) M $mode-${CPU_NAME:-seq-cpu-s} "${kv#*=}";;
       esac
     done
   else
@@ -203,6 +208,98 @@ usbip_peer() {
   wait_for 20 no_disk || bfail usbip-release "a /dev/sd* is still there after rmmod xhci_pci"
 }
 
+# qusb: Xen's own PVUSB backend, QEMU in dom0 (`usbctrl=["type=qusb"]`, libxl starts
+# /usr/libexec/xen-qemu-system-i386 for the domain and hands it the stick as a usb-host device),
+# serving a Linux PV domU frontend (xen-hcd; the dom0 kernel at /guest/vmlinuz) that runs
+# `measure qusb` itself (tests/xen/bench-qusb-domu.sh); its console is copied to ours unprefixed.
+qusb_diag() {
+  xt "---- qusb diagnostics ----"
+  tail -30 /tmp/$1.create.log 2>/dev/null | sed 's/^/XT:   create: /'
+  tail -30 /var/log/xen/qemu-dm-$1.log 2>/dev/null | sed 's/^/XT:   qemu-dm: /'
+  timeout 10 xl list 2>&1 | sed 's/^/XT:   xl: /'
+  timeout 10 xl usb-list $1 2>&1 | sed 's/^/XT:   usb-list: /'
+  dmesg | tail -15 | sed 's/^/XT:   dmesg: /'
+}
+# busy_ticks: user+nice+system+irq+softirq of /proc/stat's cpu line (USER_HZ, 100 on x86).
+busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat; }
+# qusb_over DOMU DOMID: the domU finished, or is gone (crashed, powered off: its xenstore
+# directory is removed; cheaper and steadier under load than asking xl).
+qusb_over() {
+  grep -q 'XT-QUSB-DONE' "$CONSOLE_DIR/guest-$1.log" 2>/dev/null && return 0
+  ! timeout 10 xenstore-exists /local/domain/$2 2>/dev/null
+}
+qusb_peer() {
+  local du=qusb-fe bus addr a rc
+  if [ ! -x /usr/libexec/xen-qemu-system-i386 ] || [ ! -f /guest/vmlinuz ]; then
+    echo "BENCH-SKIP qusb: no /usr/libexec/xen-qemu-system-i386 or /guest/vmlinuz in dom0 (the host did not ship them)"
+    return
+  fi
+  phase "qusb: load xhci-pci, build the frontend domU"
+  if ! { timeout 30 insmod /guest/xhci-hcd.ko && timeout 30 insmod /guest/xhci-pci.ko; }; then
+    bfail qusb-modules "insmod xhci-hcd/xhci-pci failed"; return
+  fi
+  if wait_for 60 usbip_find_busid; then
+    bus=$(cat /sys/bus/usb/devices/$BUSID/busnum); addr=$(cat /sys/bus/usb/devices/$BUSID/devnum)
+    rm -rf /tmp/qdu && mkdir -p /tmp/qdu/bin /tmp/qdu/proc /tmp/qdu/sys /tmp/qdu/dev /tmp/qdu/tmp /tmp/qdu/lib /tmp/qdu/guest /tmp/qdu/tests
+    cp /bin/busybox /tmp/qdu/bin/ && ln -s busybox /tmp/qdu/bin/sh && cp -a /lib/modules /tmp/qdu/lib/ && cp /guest/qd1 /tmp/qdu/guest/
+    cp /tests/lib.sh /tests/bench.sh /tmp/qdu/tests/
+    cp /tests/bench-qusb-domu.sh /tmp/qdu/init && chmod +x /tmp/qdu/init
+    (cd /tmp/qdu && find . | cpio -o -H newc > /tmp/qdu.cpio 2>/dev/null)
+    xt "qusb: stick $BUSID (bus $bus, address $addr); domU initramfs $(wc -c < /tmp/qdu.cpio) bytes"
+    cat > /tmp/$du.cfg <<CFG
+name="$du"
+type="pv"
+kernel="/guest/vmlinuz"
+ramdisk="/tmp/qdu.cpio"
+extra="console=hvc0 rdinit=/init loglevel=4 xt.stick_sha256=$XT_STICK_SHA256"
+memory=192
+vcpus=1
+on_poweroff="destroy"
+on_crash="destroy"
+usbctrl=["type=qusb,version=2,ports=4"]
+usbdev=["hostbus=$bus,hostaddr=$addr,controller=0,port=1"]
+CFG
+    xt_follow $du ""
+    phase "qusb: xl create $du (QEMU backend)"
+    rm -f /tmp/$du.rc
+    ( timeout 120 xl -vvv create /tmp/$du.cfg > /tmp/$du.create.log 2>&1; echo $? > /tmp/$du.rc ) &
+    wait_for 130 test -f /tmp/$du.rc
+    rc=$(cat /tmp/$du.rc 2>/dev/null)
+    if [ "$rc" != 0 ]; then
+      bfail qusb-create "xl create $du with usbctrl type=qusb failed (rc=${rc:-hung}): $(grep -iE 'error|fail|cannot' /tmp/$du.create.log | tail -3 | tr '\n' ' ')"
+      qusb_diag $du
+    else
+      local domid=$(xlt domid $du)
+      xt "qusb: domU $du is domain $domid; $(timeout 10 xl usb-list $du 2>&1 | tr '\n' ' ')"
+      # dom0's busy CPU time across the domU's sequential read (QEMU's backend work is dom0's),
+      # bounded by the domU's phase lines as they arrive (polled every 0.5 s; the read takes
+      # tens of seconds). The domU reports its own as qusb-frontend-seq-cpu-s.
+      local c0 c1 log="$CONSOLE_DIR/guest-$du.log"
+      if wait_for 300 grep -q 'phase qusb: seq read' "$log"; then
+        c0=$(busy_ticks)
+        if wait_for 300 grep -q 'BENCH-MEASURE qusb-seq-mib-s' "$log"; then
+          c1=$(busy_ticks)
+          M qusb-seq-cpu-s "$(awk -v a=$c0 -v b=$c1 'BEGIN { printf "%.3f", (b - a) / 100 }')"
+        fi
+      fi
+      if [ -z "$domid" ] || ! wait_for 400 qusb_over $du $domid; then
+        bfail qusb-domu "the domU did not finish within 400 s"
+        qusb_diag $du
+      elif ! grep -q 'XT-QUSB-DONE' "$CONSOLE_DIR/guest-$du.log"; then
+        bfail qusb-domu "the domU is gone without finishing: $(grep -E 'panic|Failed' "$CONSOLE_DIR/guest-$du.log" | head -2 | tr '\n' ' ')"
+        qusb_diag $du
+      fi
+    fi
+    sleep 1
+    xt_unfollow
+    timeout 30 xl destroy $du 2>/dev/null
+  else
+    bfail qusb-busid "no 46f4:0001 in /sys/bus/usb/devices within 60 s"
+  fi
+  for a in xhci_pci xhci_hcd; do timeout 30 rmmod $a || xt "rmmod $a failed"; done
+  wait_for 20 no_disk || bfail qusb-release "a /dev/sd* is still there after rmmod xhci_pci"
+}
+
 # usbdom_start ZC: create usbdom with the controller (XT_BDF) and usbdom.zero_copy=ZC on its
 # command line (memory=$XT_MEM, retried once at 16), follow its console, wait for "usbdom: ready".
 # Returns like xt_up.
@@ -269,11 +366,15 @@ via_usbdom() {
   xt_down || xt "usbdom shutdown was not clean"
 }
 
+# Sourced by a frontend domU (tests/xen/bench-qusb-domu.sh) for `measure` only.
+[ -n "$BENCH_LIB_ONLY" ] && return 0
+
 # The modes, in order: dom0 owning the controller (direct, then usbip), then through usbdom, both
 # data paths side by side: grant copy ("usbdom"; its create and ready times are read by the host
 # from the serial stamps of this first run), then grant map ("usbmap").
 direct
 usbip_peer
+qusb_peer
 XT_BDF=$(xt_controller_bdf "${XT_PCI_ID:-1b36:000d}")
 if [ -n "$XT_BDF" ] && xt_assign "$XT_BDF"; then
   timeout 30 modprobe xen-hcd || bfail modprobe-xen-hcd "modprobe xen-hcd failed"

@@ -7,7 +7,12 @@
 //! loads `xhci-hcd`/`xhci-pci`, shipped in the run's initramfs from the host's module tree of the
 //! dom0 kernel); then "usbip" (dom0 owns the xHCI again, exports the stick with `usbip-host` +
 //! `usbipd` and imports it back over 127.0.0.1 with `vhci-hcd`: Debian's `usbip` package, its
-//! libraries and the three modules are shipped per run); then it unloads the xHCI driver, hands
+//! libraries and the three modules are shipped per run); then "qusb" (Xen's own PVUSB backend:
+//! libxl starts QEMU for Xen, Debian's `qemu-system-xen`, shipped per run with its libraries, for
+//! a Linux PV domU with `usbctrl=["type=qusb"]`; QEMU takes the stick from dom0's xHCI as a
+//! `usb-host` device; the domU, the dom0 kernel with a busybox initramfs dom0 packs, is the
+//! `xen-hcd` frontend and runs the measurements itself, `tests/xen/bench-qusb-domu.sh`; its dom0
+//! CPU row is dom0's busy time across the domU's read, taken by dom0); then it unloads the xHCI driver, hands
 //! the controller to usbdom (`xl pci=`), becomes its `xen-hcd` frontend and measures again, twice,
 //! each time with a fresh usbdom: with the grant-copy data path (`usbdom.zero_copy=0`,
 //! "usbdom"/copy, `usbdom-dom0` in the JSON) and with grant map (`usbdom.zero_copy=1`,
@@ -170,6 +175,12 @@ pub const MODES: &[Mode] = &[
         key: "usbip",
         column: "usbip",
         what: "dom0 owns the xHCI, exports the stick with usbip-host/usbipd, imports it over 127.0.0.1 (vhci-hcd)",
+    },
+    Mode {
+        tag: "qusb",
+        key: "qusb",
+        column: "qusb",
+        what: "Xen's qusb backend (QEMU in dom0, usb-host) serving a Linux PV domU frontend (xen-hcd) that measures; CPU: dom0's",
     },
 ];
 
@@ -478,11 +489,25 @@ fn usbip_files(kver: &str) -> Result<Vec<(String, PathBuf)>, String> {
         &["usbip-host", "vhci-hcd"],
         &["usbip-core.ko", "usbip-host.ko", "vhci-hcd.ko"],
     )?;
+    dom0_binaries(&["/usr/sbin/usbip", "/usr/sbin/usbipd"], &mut out)?;
+    for ids in ["/usr/share/hwdata/usb.ids", "/usr/share/misc/usb.ids"] {
+        let p = PathBuf::from(ids);
+        if let Ok(real) = fs::canonicalize(&p) {
+            out.push(("usr/share/hwdata/usb.ids".into(), real));
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// `bins` (host paths, shipped at the same paths) and the shared libraries they need that the base
+/// initramfs lacks (it has `xl`'s), appended to `out`.
+fn dom0_binaries(bins: &[&str], out: &mut Vec<(String, PathBuf)>) -> Result<(), String> {
     let have: Vec<PathBuf> = xen::ldd(&PathBuf::from(xen::XEN_BIN).join("xl"));
-    for b in ["/usr/sbin/usbip", "/usr/sbin/usbipd"] {
+    for b in bins {
         let b = PathBuf::from(b);
         if !b.exists() {
-            return Err(format!("{} is missing after installing usbip", b.display()));
+            return Err(format!("{} is missing", b.display()));
         }
         for l in xen::ldd(&b) {
             let name = l
@@ -500,13 +525,25 @@ fn usbip_files(kver: &str) -> Result<Vec<(String, PathBuf)>, String> {
             b,
         ));
     }
-    for ids in ["/usr/share/hwdata/usb.ids", "/usr/share/misc/usb.ids"] {
-        let p = PathBuf::from(ids);
-        if let Ok(real) = fs::canonicalize(&p) {
-            out.push(("usr/share/hwdata/usb.ids".into(), real));
-            break;
-        }
+    Ok(())
+}
+
+/// The qusb peer for dom0: Debian's `qemu-system-xen` (`/usr/libexec/xen-qemu-system-i386`, the
+/// device model libxl starts for `usbctrl=["type=qusb"]`) with its libraries, and the dom0 kernel as
+/// the frontend domU's kernel. `Err(why)` when this host cannot provide them.
+fn qusb_files(art: &xen::Artifacts) -> Result<Vec<(String, PathBuf)>, String> {
+    match util::ensure_packages(&["qemu-system-xen"])? {
+        util::Prereq::Ready => {}
+        util::Prereq::Unavailable(why) => return Err(why),
     }
+    let mut out = vec![("guest/vmlinuz".to_string(), art.vmlinuz.clone())];
+    dom0_binaries(&["/usr/libexec/xen-qemu-system-i386"], &mut out)?;
+    // libxl starts it with `-vnc none`, which still loads the keymap.
+    let keymap = PathBuf::from("/usr/share/qemu/keymaps/en-us");
+    if !keymap.exists() {
+        return Err(format!("{} is missing", keymap.display()));
+    }
+    out.push(("usr/share/qemu/keymaps/en-us".into(), keymap));
     Ok(out)
 }
 
@@ -547,6 +584,22 @@ pub fn run(r: &mut Report) {
         Ok(f) => extra.extend(f),
         Err(why) => host_skips.push(("usbip".into(), format!("not shipped to dom0: {why}"))),
     }
+    match qusb_files(&art) {
+        Ok(f) => {
+            let bytes: u64 = f
+                .iter()
+                .filter_map(|(_, p)| fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum();
+            println!(
+                "bench xen: qusb peer ships {} files, {:.1} MiB (QEMU for Xen, its libraries, the domU kernel)",
+                f.len(),
+                bytes as f64 / 1048576.0
+            );
+            extra.extend(f);
+        }
+        Err(why) => host_skips.push(("qusb".into(), format!("not shipped to dom0: {why}"))),
+    }
     match build_qd1(&dir) {
         Ok(b) => extra.push(("guest/qd1".to_string(), b)),
         Err(e) => return r.fail(name, format!("qd1: {e}")),
@@ -555,7 +608,8 @@ pub fn run(r: &mut Report) {
         art: &art,
         guest: &k.stripped,
         test: "bench",
-        dom0_vars: vec![],
+        // The dom0 script's own bound (tests/xen/init), inside the QEMU timeout below.
+        dom0_vars: vec![("timeout".into(), "1100".into())],
         controller: "qemu-xhci",
         devices: vec![],
         extra_files: extra,

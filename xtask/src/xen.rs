@@ -351,6 +351,19 @@ pub fn run_cpio(guest_elf: &Path, extra: &[(String, PathBuf)]) -> Result<Vec<u8>
     c.dir("guest", 0o755);
     c.host_file("guest/usbdom", guest_elf)
         .map_err(|e| format!("{}: {e}", guest_elf.display()))?;
+    // The kernel's initramfs unpacker creates no missing parent directories: name them first
+    // (an existing directory is left as it is).
+    let mut dirs: Vec<String> = Vec::new();
+    for (name, _) in extra {
+        let parts: Vec<&str> = name.split('/').collect();
+        for i in 1..parts.len() {
+            let d = parts[..i].join("/");
+            if d != "guest" && !dirs.contains(&d) {
+                c.dir(&d, 0o755);
+                dirs.push(d);
+            }
+        }
+    }
     for (name, p) in extra {
         c.host_file(name, p)
             .map_err(|e| format!("{}: {e}", p.display()))?;
@@ -945,6 +958,25 @@ mod tests {
                 text: s.to_string(),
             })
             .collect()
+    }
+
+    #[test]
+    fn run_cpio_names_the_parent_directories_of_extra_files_first() {
+        let f = std::env::temp_dir().join(format!("xtask-cpio-test-{}", std::process::id()));
+        fs::write(&f, b"x").unwrap();
+        let extra = vec![
+            ("usr/libexec/qemu".to_string(), f.clone()),
+            ("guest/qd1".to_string(), f.clone()),
+        ];
+        let data = run_cpio(&f, &extra).unwrap();
+        let _ = fs::remove_file(&f);
+        let at = |name: &str| {
+            let n = format!("{name}\0");
+            data.windows(n.len()).position(|w| w == n.as_bytes())
+        };
+        let (usr, libexec, file) = (at("usr"), at("usr/libexec"), at("usr/libexec/qemu"));
+        assert!(usr.is_some() && libexec.is_some() && file.is_some());
+        assert!(usr < libexec && libexec < file);
     }
 
     #[test]
