@@ -219,13 +219,18 @@ qusb_diag() {
   timeout 10 xl list 2>&1 | sed 's/^/XT:   xl: /'
   timeout 10 xl usb-list $1 2>&1 | sed 's/^/XT:   usb-list: /'
   dmesg | tail -15 | sed 's/^/XT:   dmesg: /'
+  dmesg | grep -E 'traps:|segfault' | sed 's/^/XT:   DOM0 PROGRAM CRASHED: /'
 }
 # busy_ticks: user+nice+system+irq+softirq of /proc/stat's cpu line (USER_HZ, 100 on x86).
 busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat; }
 # qusb_over DOMU DOMID: the domU finished, or is gone (crashed, powered off: its xenstore
-# directory is removed; cheaper and steadier under load than asking xl).
+# directory is removed). "Gone" must be seen twice a second apart: dom0's busybox applets have
+# crashed under this load (a general protection fault in `timeout` or `grep`), which must not
+# read as a gone domain.
 qusb_over() {
   grep -q 'XT-QUSB-DONE' "$CONSOLE_DIR/guest-$1.log" 2>/dev/null && return 0
+  timeout 10 xenstore-exists /local/domain/$2 2>/dev/null && return 1
+  sleep 1
   ! timeout 10 xenstore-exists /local/domain/$2 2>/dev/null
 }
 qusb_peer() {
