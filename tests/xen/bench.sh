@@ -32,6 +32,8 @@ new_disk() {
 no_disk() { [ -z "$(sd_disks)" ]; }
 secs_since() { awk -v a="$1" -v b="$(uptime_s)" 'BEGIN{printf "%.2f", b-a}'; }
 pause() { [ -n "$PAUSE" ] && sleep $PAUSE; }
+# dom_cpu NAME: the domain's CPU time in seconds (xl list's Time(s), 0.1 s resolution).
+dom_cpu() { xlt list "$1" 2>/dev/null | awk 'NR == 2 { print $6 }'; }
 
 # sha_check MODE WHEN: /dev/$DISK's sha256 (64 KiB O_DIRECT reads) must be the image's.
 sha_check() {
@@ -75,7 +77,7 @@ measure_write() {
 
 # measure MODE: the rows of one mode on /dev/$DISK (see the top of this file).
 measure() {
-  local mode=$1 bytes t0 secs out
+  local mode=$1 bytes t0 secs out dc0 dc1
   phase "$mode: sha256 before"
   sha_check $mode before
   bytes=$(($(cat /sys/block/$DISK/size) * 512))
@@ -89,9 +91,13 @@ measure() {
   fi
   pause
   phase "$mode: seq read"
+  [ -n "$BACKEND_DOM" ] && dc0=$(dom_cpu $BACKEND_DOM)
   out=$(timeout 120 /guest/qd1 /dev/$DISK seq 3 2>&1)
   if [ $? = 0 ]; then
     xt "$mode: seq $out"
+    # The backend domain's own CPU time across the read (usbdom's is not in dom0's /proc/stat).
+    [ -n "$BACKEND_DOM" ] && dc1=$(dom_cpu $BACKEND_DOM) && [ -n "$dc0" ] && [ -n "$dc1" ] &&
+      M $mode-backend-seq-cpu-s "$(awk -v a=$dc0 -v b=$dc1 'BEGIN { printf "%.1f", b - a }')"
     for kv in $out; do
       case $kv in
         bytes=*) M $mode-seq-bytes "${kv#*=}";;
@@ -356,7 +362,7 @@ via_usbdom() {
         xt "$mode: /dev/$DISK ($(cat /sys/block/$DISK/size) sectors)"
         # Pauses longer than usbdom's 10 s statistics window around the phases, so each of its
         # statistics lines covers one phase only.
-        PAUSE=11 measure $mode
+        PAUSE=11 BACKEND_DOM=$XT_NAME measure $mode
       else
         bfail $mode-disk "attach or /dev/sdX failed: $(cat /tmp/attach.out)"
       fi

@@ -12,12 +12,12 @@
 //! a Linux PV domU with `usbctrl=["type=qusb"]`; QEMU takes the stick from dom0's xHCI as a
 //! `usb-host` device; the domU, the dom0 kernel with a busybox initramfs dom0 packs, is the
 //! `xen-hcd` frontend and runs the measurements itself, `tests/xen/bench-qusb-domu.sh`; its dom0
-//! CPU row is dom0's busy time across the domU's read, taken by dom0); then it unloads the xHCI driver, hands
-//! the controller to usbdom (`xl pci=`), becomes its `xen-hcd` frontend and measures again, twice,
-//! each time with a fresh usbdom: with the grant-copy data path (`usbdom.zero_copy=0`,
-//! "usbdom"/copy, `usbdom-dom0` in the JSON) and with grant map (`usbdom.zero_copy=1`,
-//! "usbmap"/map, `usbdom-dom0-map`). usbdom's loop statistics lines (10 s windows; dom0 pauses
-//! 11 s between phases so each covers one phase) are printed after the table.
+//! CPU row is dom0's busy time across the domU's read, taken by dom0); then it unloads the xHCI
+//! driver, hands the controller to usbdom (`xl pci=`), becomes its `xen-hcd` frontend and
+//! measures again, twice, each time with a fresh usbdom: with the grant-copy data path
+//! (`usbdom.zero_copy=0`, "usbdom"/copy, `usbdom-dom0` in the JSON) and with grant map
+//! (`usbdom.zero_copy=1`, "usbmap"/map, `usbdom-dom0-map`). usbdom's loop statistics lines (10 s
+//! windows; dom0 pauses 11 s between phases so each covers one phase) are printed after the table.
 //!
 //! Per mode ([`ROWS`]): the stick's sha256 before and after; sequential read of the whole stick
 //! (`qd1 DEV seq 3`: 1 MiB O_DIRECT `pread`s, three passes, CLOCK_MONOTONIC; plain `dd bs=1M
@@ -25,11 +25,13 @@
 //! sequential write (`qd1 DEV seqw 3 8`: 1 MiB O_DIRECT `pwrite`s over the first 8 MiB, saved
 //! before and restored after); QD1 4 KiB random-read latency (200 O_DIRECT `pread`s at the same
 //! pseudo-random offsets in all modes); dom0's busy CPU seconds per GiB of the sequential read
-//! (`/proc/stat`: in a PV dom0 that is dom0's vCPU only, not usbdom's). dom0 prints `XT: phase`
-//! markers, shown on the host as progress lines. Also: `xl create` → usbdom ready (host serial
-//! stamps; the `U|` copy of the console is polled every 0.3 s, so ±0.3 s), `usbdom
-//! create-controller --wait` → backend Connected (dom0 uptime, 10 ms resolution), the stripped
-//! image size and the `memory=` usbdom ran in. The results also go to `target/bench/xen.json`.
+//! (`/proc/stat`: in a PV dom0 that is dom0's vCPU only, not usbdom's); for the modes through
+//! usbdom, usbdom's own CPU seconds per GiB of that read (`xl list`'s Time(s), 0.1 s
+//! resolution). dom0 prints `XT: phase` markers, shown on the host as progress lines. Also:
+//! `xl create` → usbdom ready (host serial stamps; the `U|` copy of the console is polled every
+//! 0.3 s, so ±0.3 s), `usbdom create-controller --wait` → backend Connected (dom0 uptime, 10 ms
+//! resolution), the stripped image size and the `memory=` usbdom ran in. The results also go to
+//! `target/bench/xen.json`.
 //! Ratios are reported, never asserted.
 
 use std::fs;
@@ -208,9 +210,9 @@ impl Outcome {
     pub fn value(&self, tag: &str, m: Measure) -> Option<f64> {
         match m {
             Measure::Key(k) => self.get(&format!("{tag}-{k}")),
-            // dom0's busy CPU seconds across the timed sequential read, per GiB read.
-            Measure::CpuPerGib => {
-                let cpu = self.get(&format!("{tag}-seq-cpu-s"))?;
+            // CPU seconds across the timed sequential read, per GiB read.
+            Measure::CpuPerGib(k) => {
+                let cpu = self.get(&format!("{tag}-{k}"))?;
                 let bytes = self.get(&format!("{tag}-seq-bytes"))?;
                 (bytes > 0.0).then(|| cpu / (bytes / f64::from(1u32 << 30)))
             }
@@ -255,9 +257,13 @@ pub fn parse(lines: &[Line]) -> Outcome {
 pub enum Measure {
     /// `BENCH-MEASURE <tag>-<key>`.
     Key(&'static str),
-    /// `<tag>-seq-cpu-s` per GiB of `<tag>-seq-bytes`.
-    CpuPerGib,
+    /// `<tag>-<key>` (CPU seconds) per GiB of `<tag>-seq-bytes`.
+    CpuPerGib(&'static str),
 }
+
+/// The usbdom domain's CPU time across the sequential read (`xl list`, 0.1 s resolution): only
+/// the modes through usbdom have it.
+pub const BACKEND_CPU: Measure = Measure::CpuPerGib("backend-seq-cpu-s");
 
 /// The table's rows: label, source, and the `xen.json` key (rows without one are table only).
 pub const ROWS: &[(&str, Measure, Option<&str>)] = &[
@@ -285,8 +291,13 @@ pub const ROWS: &[(&str, Measure, Option<&str>)] = &[
     ),
     (
         "dom0 CPU s per GiB read",
-        Measure::CpuPerGib,
+        Measure::CpuPerGib("seq-cpu-s"),
         Some("dom0_cpu_s_per_gib"),
+    ),
+    (
+        "usbdom CPU s per GiB read",
+        BACKEND_CPU,
+        Some("usbdom_cpu_s_per_gib"),
     ),
 ];
 
@@ -295,6 +306,8 @@ pub const ROWS: &[(&str, Measure, Option<&str>)] = &[
 pub struct Row {
     pub label: String,
     pub values: Vec<Option<f64>>,
+    /// Every mode (not skipped) must have a value.
+    pub every_mode: bool,
 }
 
 /// `a / b` when both are there and `b > 0`.
@@ -311,6 +324,7 @@ pub fn table(o: &Outcome) -> Vec<Row> {
         .map(|(label, m, _)| Row {
             label: label.to_string(),
             values: MODES.iter().map(|md| o.value(md.tag, *m)).collect(),
+            every_mode: *m != BACKEND_CPU,
         })
         .collect()
 }
@@ -558,7 +572,7 @@ fn build_qd1(dir: &std::path::Path) -> Result<PathBuf, String> {
 }
 
 pub fn run(r: &mut Report) {
-    println!("==== bench: Xen tier PVUSB (usbdom vs dom0 owning the xHCI directly; TCG -smp 1, one boot) ====");
+    println!("==== bench: Xen tier PVUSB (usbdom vs dom0 owning the xHCI directly, usbip and qusb; TCG -smp 1, one boot) ====");
     let name = "bench: xen pvusb usbdom vs direct";
     let art = match xen::prepare() {
         Ok(Ok(a)) => a,
@@ -741,7 +755,7 @@ pub fn run(r: &mut Report) {
         Ok(()) => println!("  results: {}", jpath.display()),
         Err(e) => println!("  could not write {}: {e}", jpath.display()),
     }
-    let complete = rows.iter().all(|r| {
+    let complete = rows.iter().filter(|r| r.every_mode).all(|r| {
         MODES
             .iter()
             .zip(&r.values)
@@ -819,11 +833,26 @@ mod tests {
             "BENCH-MEASURE usbmap-seq-cpu-s 0.5",
         ]));
         // 48 MiB read with 0.12 s busy: 2.56 s per GiB.
-        let v = o.value("direct", Measure::CpuPerGib).unwrap();
+        let v = o.value("direct", Measure::CpuPerGib("seq-cpu-s")).unwrap();
         assert!((v - 2.56).abs() < 1e-9, "{v}");
         // No byte count, or zero bytes: no value.
-        assert_eq!(o.value("usbdom", Measure::CpuPerGib), None);
-        assert_eq!(o.value("usbmap", Measure::CpuPerGib), None);
+        assert_eq!(o.value("usbdom", Measure::CpuPerGib("seq-cpu-s")), None);
+        assert_eq!(o.value("usbmap", Measure::CpuPerGib("seq-cpu-s")), None);
+        // usbdom's own CPU time: its own measure.
+        let o = parse(&l(&[
+            "BENCH-MEASURE usbdom-seq-bytes 1073741824",
+            "BENCH-MEASURE usbdom-seq-cpu-s 3",
+            "BENCH-MEASURE usbdom-backend-seq-cpu-s 1.5",
+        ]));
+        assert_eq!(o.value("usbdom", BACKEND_CPU), Some(1.5));
+        assert_eq!(o.value("direct", BACKEND_CPU), None);
+        let t = table(&o);
+        let backend = t
+            .iter()
+            .find(|r| r.label.starts_with("usbdom CPU"))
+            .unwrap();
+        assert!(!backend.every_mode);
+        assert!(t.iter().filter(|r| r.every_mode).count() == ROWS.len() - 1);
     }
 
     #[test]
@@ -933,6 +962,7 @@ mod tests {
                 "qd1_4k_median_us",
                 "qd1_4k_p90_us",
                 "dom0_cpu_s_per_gib",
+                "usbdom_cpu_s_per_gib",
                 "image_bytes",
                 "memory_mib",
                 "date",
