@@ -8,15 +8,23 @@
 #      usbdom.zero_copy=1).
 #   3. "usbdom-sg": a fresh usbdom on grant copy again, dom0's frontend now xen-hcd-sg.ko
 #      (xen-hcd with scatter-gather, tests/xen-hcd/xen-hcd-sg.patch) instead of xen-hcd.
-# Per mode: sequential read of the whole stick (/guest/qd1 seq: 3 passes of 1 MiB O_DIRECT reads;
-# one dd bs=1M iflag=direct pass as a cross-check, timed by /proc/uptime) and QD1 4 KiB
-# random-read latency (/guest/qd1: 200 O_DIRECT preads, the same offsets in both modes).
-# Output lines the host reads: "BENCH-MEASURE <name> <value>", "BENCH-FAIL <step>: <why>".
+#   Before them, "usbip": dom0 owns the xHCI again and reads the stick through usbip over loopback,
+#   and "qusb": QEMU in dom0 (Xen's qusb backend) serves the stick to a Linux domU frontend.
+# Each mode is one function call below; a mode measures its /dev/sdX with `measure MODE`:
+# the stick's sha256 against the image, a dd cross-check, sequential read (/guest/qd1 seq: 3
+# passes of 1 MiB O_DIRECT reads, with dom0's busy CPU time), sequential write (/guest/qd1 seqw:
+# 3 passes of 1 MiB O_DIRECT writes over the first $WMIB MiB, saved before and restored after),
+# QD1 4 KiB random-read latency (/guest/qd1: 200 O_DIRECT preads, the same offsets in all modes),
+# and the sha256 again at the end (the write must leave the image intact).
+# Output lines the host reads: "BENCH-MEASURE <name> <value>", "BENCH-FAIL <step>: <why>",
+# "XT: phase <what>" (shown on the host as progress).
 . /tests/lib.sh
 FE=0
 fails=0
+WMIB=8
 M() { echo "BENCH-MEASURE $1 $2"; }
 bfail() { echo "BENCH-FAIL $1: $2"; fails=$((fails + 1)); }
+phase() { xt "phase $*"; }
 sd_disks() { ls /sys/block 2>/dev/null | grep '^sd' | sort; }
 DISK=""
 new_disk() {
@@ -25,11 +33,57 @@ new_disk() {
 }
 no_disk() { [ -z "$(sd_disks)" ]; }
 secs_since() { awk -v a="$1" -v b="$(uptime_s)" 'BEGIN{printf "%.2f", b-a}'; }
+pause() { [ -n "$PAUSE" ] && sleep $PAUSE; }
+# dom_cpu NAME: the domain's CPU time in seconds (xl list's Time(s), 0.1 s resolution).
+dom_cpu() { xlt list "$1" 2>/dev/null | awk 'NR == 2 { print $6 }'; }
 
-# measure MODE: seq MiB/s (one dd pass, then qd1: 3 whole-device passes) and QD1 4 KiB latency of /dev/$DISK.
+# sha_check MODE WHEN: /dev/$DISK's sha256 (64 KiB O_DIRECT reads) must be the image's.
+sha_check() {
+  local sum rc
+  if [ -z "$XT_STICK_SHA256" ]; then xt "$1: data check skipped: no XT_STICK_SHA256"; return 0; fi
+  sum=$({ timeout 120 dd if=/dev/$DISK bs=64k iflag=direct 2>/tmp/sha.err; echo $? > /tmp/sha.rc; } | sha256sum | cut -d' ' -f1)
+  rc=$(cat /tmp/sha.rc 2>/dev/null)
+  if [ "$rc" != 0 ]; then
+    bfail $1-data-$2 "reading /dev/$DISK for its sha256 failed (dd exit ${rc:-?}: $(tr '\n' ' ' < /tmp/sha.err))"
+    return 1
+  elif [ "$sum" = "$XT_STICK_SHA256" ]; then
+    xt "$1: sha256 matches the image ($2)"
+  else
+    bfail $1-data-$2 "/dev/$DISK sha256 $sum, the image is $XT_STICK_SHA256"
+    return 1
+  fi
+}
+
+# measure_write MODE: save the first $WMIB MiB, time 3 passes of O_DIRECT 1 MiB writes of a
+# pattern over them (qd1 seqw reads them back and compares), restore the saved bytes.
+measure_write() {
+  local mode=$1 out rc
+  if ! timeout 60 dd if=/dev/$DISK of=/tmp/region bs=1M count=$WMIB iflag=direct 2>/tmp/save.err; then
+    bfail $mode-seqw "saving the region failed: $(tr '\n' ' ' < /tmp/save.err)"
+    return 1
+  fi
+  out=$(timeout 120 /guest/qd1 /dev/$DISK seqw 3 $WMIB 2>&1); rc=$?
+  if [ $rc = 0 ]; then
+    xt "$mode: seqw $out"
+    M $mode-seqw-mib-s "$(echo "$out" | sed -n 's/.*mib_s=\([0-9.]*\).*/\1/p')"
+  else
+    bfail $mode-seqw "qd1 seqw rc=$rc: $out"
+  fi
+  if timeout 120 dd if=/tmp/region of=/dev/$DISK bs=1M oflag=direct conv=fsync 2>/tmp/restore.err; then
+    xt "$mode: region restored"
+  else
+    bfail $mode-restore "restoring the first $WMIB MiB failed: $(tr '\n' ' ' < /tmp/restore.err)"
+  fi
+  rm -f /tmp/region
+}
+
+# measure MODE: the rows of one mode on /dev/$DISK (see the top of this file).
 measure() {
-  local mode=$1 bytes t0 secs out
+  local mode=$1 bytes t0 secs out dc0 dc1
+  phase "$mode: sha256 before"
+  sha_check $mode before
   bytes=$(($(cat /sys/block/$DISK/size) * 512))
+  phase "$mode: dd read"
   t0=$(uptime_s)
   if timeout 120 dd if=/dev/$DISK of=/dev/null bs=1M iflag=direct 2>/tmp/seq.err; then
     secs=$(secs_since $t0)
@@ -37,15 +91,30 @@ measure() {
   else
     bfail $mode-dd "dd failed: $(tr '\n' ' ' < /tmp/seq.err)"
   fi
-  [ -n "$PAUSE" ] && sleep $PAUSE
+  pause
+  phase "$mode: seq read"
+  [ -n "$BACKEND_DOM" ] && dc0=$(dom_cpu $BACKEND_DOM)
   out=$(timeout 120 /guest/qd1 /dev/$DISK seq 3 2>&1)
   if [ $? = 0 ]; then
     xt "$mode: seq $out"
-    M $mode-seq-mib-s "${out##*mib_s=}"
+    # The backend domain's own CPU time across the read (usbdom's is not in dom0's /proc/stat).
+    [ -n "$BACKEND_DOM" ] && dc1=$(dom_cpu $BACKEND_DOM) && [ -n "$dc0" ] && [ -n "$dc1" ] &&
+      M $mode-backend-seq-cpu-s "$(awk -v a=$dc0 -v b=$dc1 'BEGIN { printf "%.1f", b - a }')"
+    for kv in $out; do
+      case $kv in
+        bytes=*) M $mode-seq-bytes "${kv#*=}";;
+        mib_s=*) M $mode-seq-mib-s "${kv#*=}";;
+        cpu_s=*) M $mode-${CPU_NAME:-seq-cpu-s} "${kv#*=}";;
+      esac
+    done
   else
     bfail $mode-seq "qd1 seq: $out"
   fi
-  [ -n "$PAUSE" ] && sleep $PAUSE
+  pause
+  phase "$mode: seq write"
+  measure_write $mode
+  pause
+  phase "$mode: qd1 4k"
   out=$(timeout 120 /guest/qd1 /dev/$DISK 200 42 2>&1)
   if [ $? = 0 ]; then
     xt "$mode: qd1 $out"
@@ -55,27 +124,194 @@ measure() {
   else
     bfail $mode-lat "qd1: $out"
   fi
-  [ -n "$PAUSE" ] && sleep $PAUSE
+  pause
+  phase "$mode: sha256 after"
+  sha_check $mode after
+  phase "$mode: done"
 }
 
 for m in usbcore usb-storage sd_mod; do timeout 30 modprobe $m || xt "modprobe $m failed"; done
 
-# 1. Direct: dom0's own xhci driver.
-if timeout 30 insmod /guest/xhci-hcd.ko && timeout 30 insmod /guest/xhci-pci.ko; then
-  if wait_for 60 new_disk; then
-    xt "direct: /dev/$DISK ($(cat /sys/block/$DISK/size) sectors)"
-    measure direct
+# direct: dom0's own xhci driver reads the stick; then gives the controller back (unloads the
+# driver, waits for the disk to go).
+direct() {
+  phase "direct: load xhci-pci"
+  if timeout 30 insmod /guest/xhci-hcd.ko && timeout 30 insmod /guest/xhci-pci.ko; then
+    if wait_for 60 new_disk; then
+      xt "direct: /dev/$DISK ($(cat /sys/block/$DISK/size) sectors)"
+      measure direct
+    else
+      bfail direct-disk "no /dev/sdX within 60 s of loading xhci-pci"
+      dmesg | tail -15 | sed 's/^/XT:   dmesg: /'
+    fi
   else
-    bfail direct-disk "no /dev/sdX within 60 s of loading xhci-pci"
-    dmesg | tail -15 | sed 's/^/XT:   dmesg: /'
+    bfail direct-modules "insmod xhci-hcd/xhci-pci failed"
   fi
-else
-  bfail direct-modules "insmod xhci-hcd/xhci-pci failed"
-fi
-# Give the controller back: unload dom0's driver, wait for the disk to go.
-timeout 30 rmmod xhci_pci || xt "rmmod xhci_pci failed"
-timeout 30 rmmod xhci_hcd || xt "rmmod xhci_hcd failed"
-wait_for 20 no_disk || bfail direct-release "a /dev/sd* is still there after rmmod xhci_pci"
+  timeout 30 rmmod xhci_pci || xt "rmmod xhci_pci failed"
+  timeout 30 rmmod xhci_hcd || xt "rmmod xhci_hcd failed"
+  wait_for 20 no_disk || bfail direct-release "a /dev/sd* is still there after rmmod xhci_pci"
+}
+
+# usbip: the peer users pick on one machine: dom0 owns the xHCI (xhci-pci, as in direct),
+# exports the stick with usbip-host + usbipd and imports it back over 127.0.0.1 with vhci-hcd
+# (`usbip attach`), then measures the imported /dev/sdX. All traffic stays on dom0's loopback.
+usbip_find_busid() {
+  local d
+  for d in /sys/bus/usb/devices/*; do
+    [ "$(cat $d/idVendor 2>/dev/null):$(cat $d/idProduct 2>/dev/null)" = 46f4:0001 ] && { BUSID=$(basename $d); return 0; }
+  done
+  return 1
+}
+usbip_diag() {
+  xt "---- usbip diagnostics ----"
+  timeout 10 usbip list -l 2>&1 | sed 's/^/XT:   /'
+  timeout 10 usbip port 2>&1 | sed 's/^/XT:   /'
+  netstat -ltn 2>/dev/null | sed 's/^/XT:   /'
+  dmesg | tail -15 | sed 's/^/XT:   dmesg: /'
+}
+usbip_peer() {
+  local m out
+  if [ ! -x /usr/sbin/usbipd ] || [ ! -x /usr/sbin/usbip ] || [ ! -f /guest/vhci-hcd.ko ]; then
+    echo "BENCH-SKIP usbip: no usbip/usbipd/vhci-hcd.ko in dom0 (the host did not ship them)"
+    return
+  fi
+  phase "usbip: load xhci-pci and usbip, start usbipd"
+  ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
+  if ! { timeout 30 insmod /guest/xhci-hcd.ko && timeout 30 insmod /guest/xhci-pci.ko; }; then
+    bfail usbip-modules "insmod xhci-hcd/xhci-pci failed"; return
+  fi
+  for m in usbip-core usbip-host vhci-hcd; do
+    timeout 30 insmod /guest/$m.ko || bfail usbip-modules "insmod $m.ko failed"
+  done
+  if ! wait_for 60 usbip_find_busid; then
+    bfail usbip-busid "no 46f4:0001 in /sys/bus/usb/devices within 60 s"; usbip_diag
+  elif ! timeout 10 usbipd -D; then
+    bfail usbip-usbipd "usbipd -D failed"; usbip_diag
+  else
+    wait_for 10 sh -c 'netstat -ltn 2>/dev/null | grep -q ":3240 "' || xt "usbip: nothing listens on :3240 yet"
+    phase "usbip: bind $BUSID, attach over 127.0.0.1"
+    if ! out=$(timeout 30 usbip bind -b $BUSID 2>&1); then
+      bfail usbip-bind "usbip bind -b $BUSID: $out"; usbip_diag
+    elif ! wait_for 30 no_disk; then
+      bfail usbip-bind "/dev/sd* still there after usbip bind"; usbip_diag
+    elif ! out=$(timeout 30 usbip attach -r 127.0.0.1 -b $BUSID 2>&1); then
+      bfail usbip-attach "usbip attach -r 127.0.0.1 -b $BUSID: $out"; usbip_diag
+    elif ! wait_for 60 new_disk; then
+      bfail usbip-disk "no /dev/sdX within 60 s of usbip attach"; usbip_diag
+    else
+      xt "usbip: /dev/$DISK ($(cat /sys/block/$DISK/size) sectors) via vhci-hcd, busid $BUSID"
+      measure usbip
+    fi
+    phase "usbip: detach, unbind"
+    for m in $(timeout 10 usbip port 2>/dev/null | sed -n 's/^Port 0*\([0-9][0-9]*\):.*in Use.*/\1/p'); do
+      timeout 20 usbip detach -p $m >/dev/null 2>&1 || xt "usbip detach -p $m failed"
+    done
+    wait_for 20 no_disk || xt "usbip: disk still there after detach"
+    timeout 20 usbip unbind -b $BUSID >/dev/null 2>&1 || xt "usbip unbind failed"
+  fi
+  for m in $(pidof usbipd); do kill $m; done
+  for m in vhci_hcd usbip_host usbip_core xhci_pci xhci_hcd; do
+    grep -q "^$m " /proc/modules && { timeout 30 rmmod $m || xt "rmmod $m failed"; }
+  done
+  wait_for 20 no_disk || bfail usbip-release "a /dev/sd* is still there after rmmod xhci_pci"
+}
+
+# qusb: Xen's own PVUSB backend, QEMU in dom0 (`usbctrl=["type=qusb"]`, libxl starts
+# /usr/libexec/xen-qemu-system-i386 for the domain and hands it the stick as a usb-host device),
+# serving a Linux PV domU frontend (xen-hcd; the dom0 kernel at /guest/vmlinuz) that runs
+# `measure qusb` itself (tests/xen/bench-qusb-domu.sh); its console is copied to ours unprefixed.
+qusb_diag() {
+  xt "---- qusb diagnostics ----"
+  tail -30 /tmp/$1.create.log 2>/dev/null | sed 's/^/XT:   create: /'
+  tail -30 /var/log/xen/qemu-dm-$1.log 2>/dev/null | sed 's/^/XT:   qemu-dm: /'
+  timeout 10 xl list 2>&1 | sed 's/^/XT:   xl: /'
+  timeout 10 xl usb-list $1 2>&1 | sed 's/^/XT:   usb-list: /'
+  dmesg | tail -15 | sed 's/^/XT:   dmesg: /'
+  dmesg | grep -E 'traps:|segfault' | sed 's/^/XT:   DOM0 PROGRAM CRASHED: /'
+}
+# busy_ticks: user+nice+system+irq+softirq of /proc/stat's cpu line (USER_HZ, 100 on x86).
+busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat; }
+# qusb_over DOMU DOMID: the domU finished, or is gone (crashed, powered off: its xenstore
+# directory is removed). "Gone" must be seen twice a second apart: dom0's busybox applets have
+# crashed under this load (a general protection fault in `timeout` or `grep`), which must not
+# read as a gone domain.
+qusb_over() {
+  grep -q 'XT-QUSB-DONE' "$CONSOLE_DIR/guest-$1.log" 2>/dev/null && return 0
+  timeout 10 xenstore-exists /local/domain/$2 2>/dev/null && return 1
+  sleep 1
+  ! timeout 10 xenstore-exists /local/domain/$2 2>/dev/null
+}
+qusb_peer() {
+  local du=qusb-fe bus addr a rc
+  if [ ! -x /usr/libexec/xen-qemu-system-i386 ] || [ ! -f /guest/vmlinuz ]; then
+    echo "BENCH-SKIP qusb: no /usr/libexec/xen-qemu-system-i386 or /guest/vmlinuz in dom0 (the host did not ship them)"
+    return
+  fi
+  phase "qusb: load xhci-pci, build the frontend domU"
+  if ! { timeout 30 insmod /guest/xhci-hcd.ko && timeout 30 insmod /guest/xhci-pci.ko; }; then
+    bfail qusb-modules "insmod xhci-hcd/xhci-pci failed"; return
+  fi
+  if wait_for 60 usbip_find_busid; then
+    bus=$(cat /sys/bus/usb/devices/$BUSID/busnum); addr=$(cat /sys/bus/usb/devices/$BUSID/devnum)
+    rm -rf /tmp/qdu && mkdir -p /tmp/qdu/bin /tmp/qdu/proc /tmp/qdu/sys /tmp/qdu/dev /tmp/qdu/tmp /tmp/qdu/lib /tmp/qdu/guest /tmp/qdu/tests
+    cp /bin/busybox /tmp/qdu/bin/ && ln -s busybox /tmp/qdu/bin/sh && cp -a /lib/modules /tmp/qdu/lib/ && cp /guest/qd1 /tmp/qdu/guest/
+    cp /tests/lib.sh /tests/bench.sh /tmp/qdu/tests/
+    cp /tests/bench-qusb-domu.sh /tmp/qdu/init && chmod +x /tmp/qdu/init
+    (cd /tmp/qdu && find . | cpio -o -H newc > /tmp/qdu.cpio 2>/dev/null)
+    xt "qusb: stick $BUSID (bus $bus, address $addr); domU initramfs $(wc -c < /tmp/qdu.cpio) bytes"
+    cat > /tmp/$du.cfg <<CFG
+name="$du"
+type="pv"
+kernel="/guest/vmlinuz"
+ramdisk="/tmp/qdu.cpio"
+extra="console=hvc0 rdinit=/init loglevel=4 xt.stick_sha256=$XT_STICK_SHA256"
+memory=192
+vcpus=1
+on_poweroff="destroy"
+on_crash="destroy"
+usbctrl=["type=qusb,version=2,ports=4"]
+usbdev=["hostbus=$bus,hostaddr=$addr,controller=0,port=1"]
+CFG
+    xt_follow $du ""
+    phase "qusb: xl create $du (QEMU backend)"
+    rm -f /tmp/$du.rc
+    ( timeout 120 xl -vvv create /tmp/$du.cfg > /tmp/$du.create.log 2>&1; echo $? > /tmp/$du.rc ) &
+    wait_for 130 test -f /tmp/$du.rc
+    rc=$(cat /tmp/$du.rc 2>/dev/null)
+    if [ "$rc" != 0 ]; then
+      bfail qusb-create "xl create $du with usbctrl type=qusb failed (rc=${rc:-hung}): $(grep -iE 'error|fail|cannot' /tmp/$du.create.log | tail -3 | tr '\n' ' ')"
+      qusb_diag $du
+    else
+      local domid=$(xlt domid $du)
+      xt "qusb: domU $du is domain $domid; $(timeout 10 xl usb-list $du 2>&1 | tr '\n' ' ')"
+      # dom0's busy CPU time across the domU's sequential read (QEMU's backend work is dom0's),
+      # bounded by the domU's phase lines as they arrive (polled every 0.5 s; the read takes
+      # tens of seconds). The domU reports its own as qusb-frontend-seq-cpu-s.
+      local c0 c1 log="$CONSOLE_DIR/guest-$du.log"
+      if wait_for 300 grep -q 'phase qusb: seq read' "$log"; then
+        c0=$(busy_ticks)
+        if wait_for 300 grep -q 'BENCH-MEASURE qusb-seq-mib-s' "$log"; then
+          c1=$(busy_ticks)
+          M qusb-seq-cpu-s "$(awk -v a=$c0 -v b=$c1 'BEGIN { printf "%.3f", (b - a) / 100 }')"
+        fi
+      fi
+      if [ -z "$domid" ] || ! wait_for 400 qusb_over $du $domid; then
+        bfail qusb-domu "the domU did not finish within 400 s"
+        qusb_diag $du
+      elif ! grep -q 'XT-QUSB-DONE' "$CONSOLE_DIR/guest-$du.log"; then
+        bfail qusb-domu "the domU is gone without finishing: $(grep -E 'panic|Failed' "$CONSOLE_DIR/guest-$du.log" | head -2 | tr '\n' ' ')"
+        qusb_diag $du
+      fi
+    fi
+    sleep 1
+    xt_unfollow
+    timeout 30 xl destroy $du 2>/dev/null
+  else
+    bfail qusb-busid "no 46f4:0001 in /sys/bus/usb/devices within 60 s"
+  fi
+  for a in xhci_pci xhci_hcd; do timeout 30 rmmod $a || xt "rmmod $a failed"; done
+  wait_for 20 no_disk || bfail qusb-release "a /dev/sd* is still there after rmmod xhci_pci"
+}
 
 # usbdom_start ZC: create usbdom with the controller (XT_BDF) and usbdom.zero_copy=ZC on its
 # command line (memory=$XT_MEM, retried once at 16), follow its console, wait for "usbdom: ready".
@@ -105,10 +341,12 @@ via_usbdom() {
   local mode=$1 zc=$2 rc crc
   XT_NAME=$3
   local B="--backend $XT_NAME"
+  phase "$mode: start usbdom (zero_copy=$zc)"
   usbdom_start "$zc"; rc=$?
   if [ $rc = 0 ]; then
     M $mode-domid "$(xlt domid "$XT_NAME")"
     wait_for 30 xt_find_devs $B || bfail $mode-list "usbdom list shows no stick"
+    phase "$mode: connect dom0's xen-hcd"
     t0=$(uptime_s)
     out=$(timeout 30 usbdom create-controller $FE --ports 1 --version 2 --wait $B 2>&1)
     crc=$?
@@ -125,17 +363,9 @@ via_usbdom() {
         [ $mode = usbdom ] && M attach-to-disk-s "$(secs_since $t0)"
         xt "$mode: /dev/$DISK ($(cat /sys/block/$DISK/size) sectors)"
         xt "$mode: queue max_sectors_kb=$(cat /sys/block/$DISK/queue/max_sectors_kb) max_hw_sectors_kb=$(cat /sys/block/$DISK/queue/max_hw_sectors_kb) max_segments=$(cat /sys/block/$DISK/queue/max_segments) frontend $(readlink /sys/bus/xen/devices/vusb-0/driver/module | sed 's,.*/,,')"
-        # The data path must deliver the image's bytes (64 KiB O_DIRECT reads).
-        if [ -n "$XT_STICK_SHA256" ]; then
-          sum=$(timeout 120 dd if=/dev/$DISK bs=64k iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
-          [ "$sum" = "$XT_STICK_SHA256" ] && xt "$mode: sha256 matches the image" ||
-            bfail $mode-data "/dev/$DISK sha256 $sum, the image is $XT_STICK_SHA256"
-        else
-          xt "$mode: data check skipped: no XT_STICK_SHA256"
-        fi
         # Pauses longer than usbdom's 10 s statistics window around the phases, so each of its
         # statistics lines covers one phase only.
-        PAUSE=11 measure $mode
+        PAUSE=11 BACKEND_DOM=$XT_NAME measure $mode
       else
         bfail $mode-disk "attach or /dev/sdX failed: $(cat /tmp/attach.out)"
       fi
@@ -163,8 +393,15 @@ sg_phase() {
   fi
 }
 
-# 2. Through usbdom, both data paths side by side: grant copy ("usbdom"; its create and ready times
-#    are read by the host from the serial stamps of this first run), then grant map ("usbmap").
+# Sourced by a frontend domU (tests/xen/bench-qusb-domu.sh) for `measure` only.
+[ -n "$BENCH_LIB_ONLY" ] && return 0
+
+# The modes, in order: dom0 owning the controller (direct, then usbip), then through usbdom, both
+# data paths side by side: grant copy ("usbdom"; its create and ready times are read by the host
+# from the serial stamps of this first run), then grant map ("usbmap").
+direct
+usbip_peer
+qusb_peer
 XT_BDF=$(xt_controller_bdf "${XT_PCI_ID:-1b36:000d}")
 if [ -n "$XT_BDF" ] && xt_assign "$XT_BDF"; then
   timeout 30 modprobe xen-hcd || bfail modprobe-xen-hcd "modprobe xen-hcd failed"

@@ -93,14 +93,15 @@ CFG
   return 0
 }
 
-# xt_follow NAME: copy the domain's console log to our console live, prefixed "U| ".
+# xt_follow NAME [PREFIX]: copy the domain's console log to our console live, prefixed "U| "
+# (or PREFIX, which may be empty).
 xt_follow() {
-  local f=$CONSOLE_DIR/guest-$1.log
+  local f=$CONSOLE_DIR/guest-$1.log p="${2-U| }"
   ( n=0
     while :; do
       if [ -f "$f" ]; then
         m=$(wc -l < "$f")
-        if [ "$m" -gt "$n" ]; then sed -n "$((n + 1)),${m}p" "$f" | sed 's/^/U| /'; n=$m; fi
+        if [ "$m" -gt "$n" ]; then sed -n "$((n + 1)),${m}p" "$f" | sed "s/^/$p/"; n=$m; fi
       fi
       sleep 0.3
     done ) &

@@ -1,22 +1,39 @@
 //! `cargo xtask bench`, Xen part (`USBDOM_BENCH=xen` runs only this): PVUSB through usbdom against
-//! the same dom0 Linux owning the controller directly, side by side in ONE Xen boot under QEMU TCG
-//! (`-smp 1`, the Xen tier's QEMU flags and devices: `qemu-xhci` + a 16 MiB `usb-storage` stick).
+//! the same dom0 Linux owning the controller directly, and against usbip (the peer a user would
+//! pick instead), side by side in ONE Xen boot under QEMU TCG (`-smp 1`, the Xen tier's QEMU flags
+//! and devices: `qemu-xhci` + a 16 MiB `usb-storage` stick).
 //!
-//! dom0 runs `tests/xen/bench.sh`: first "direct" (dom0 loads `xhci-hcd`/`xhci-pci`, shipped in
-//! the run's initramfs from the host's module tree of the dom0 kernel), then it unloads them,
-//! hands the controller to usbdom (`xl pci=`), becomes its `xen-hcd` frontend and measures again,
-//! twice, each time with a fresh usbdom: with the grant-copy data path (`usbdom.zero_copy=0`,
-//! "usbdom"/copy) and with grant map (`usbdom.zero_copy=1`, "usbmap"/map); then a third time, grant
-//! copy again, with dom0's frontend `xen-hcd-sg.ko` (scatter-gather: one URB per SCSI command of up
-//! to 60 KiB instead of one per 4 KiB page; `tests/xen-hcd/xen-hcd-sg.patch`), "usbdom-sg"/sg. usbdom's loop
-//! statistics lines (10 s windows; dom0 pauses 11 s between phases so each covers one phase) are
-//! printed after the table. Per mode: sequential read of the whole stick (`qd1 DEV seq 3`: 1 MiB O_DIRECT
-//! `pread`s, three passes, CLOCK_MONOTONIC; plain `dd bs=1M iflag=direct` is also run once as a
-//! cross-check, timed by /proc/uptime at 10 ms resolution) and QD1 4 KiB random-read latency (`qd1` below, a static C program: 200 O_DIRECT
-//! `pread`s at the same pseudo-random offsets in both modes, timed with CLOCK_MONOTONIC).
-//! Also: `xl create` → usbdom ready (host serial stamps; the `U|` copy of the console is polled
-//! every 0.3 s, so ±0.3 s), `usbdom create-controller --wait` → backend Connected (dom0 uptime,
-//! 10 ms resolution), the stripped image size and the `memory=` usbdom ran in.
+//! dom0 runs `tests/xen/bench.sh`, one shell function per mode of [`MODES`]: first "direct" (dom0
+//! loads `xhci-hcd`/`xhci-pci`, shipped in the run's initramfs from the host's module tree of the
+//! dom0 kernel); then "usbip" (dom0 owns the xHCI again, exports the stick with `usbip-host` +
+//! `usbipd` and imports it back over 127.0.0.1 with `vhci-hcd`: Debian's `usbip` package, its
+//! libraries and the three modules are shipped per run); then "qusb" (Xen's own PVUSB backend:
+//! libxl starts QEMU for Xen, Debian's `qemu-system-xen`, shipped per run with its libraries, for
+//! a Linux PV domU with `usbctrl=["type=qusb"]`; QEMU takes the stick from dom0's xHCI as a
+//! `usb-host` device; the domU, the dom0 kernel with a busybox initramfs dom0 packs, is the
+//! `xen-hcd` frontend and runs the measurements itself, `tests/xen/bench-qusb-domu.sh`; its dom0
+//! CPU row is dom0's busy time across the domU's read, taken by dom0); then it unloads the xHCI
+//! driver, hands the controller to usbdom (`xl pci=`), becomes its `xen-hcd` frontend and
+//! measures again, twice, each time with a fresh usbdom: with the grant-copy data path
+//! (`usbdom.zero_copy=0`, "usbdom"/copy, `usbdom-dom0` in the JSON) and with grant map
+//! (`usbdom.zero_copy=1`, "usbmap"/map, `usbdom-dom0-map`); then a third time, grant copy again,
+//! with dom0's frontend `xen-hcd-sg.ko` (scatter-gather, `tests/xen-hcd/xen-hcd-sg.patch`;
+//! "usbdom-sg"/sg, `usbdom-dom0-sg`). usbdom's loop statistics lines (10 s
+//! windows; dom0 pauses 11 s between phases so each covers one phase) are printed after the table.
+//!
+//! Per mode ([`ROWS`]): the stick's sha256 before and after; sequential read of the whole stick
+//! (`qd1 DEV seq 3`: 1 MiB O_DIRECT `pread`s, three passes, CLOCK_MONOTONIC; plain `dd bs=1M
+//! iflag=direct` is also run once as a cross-check, timed by /proc/uptime at 10 ms resolution);
+//! sequential write (`qd1 DEV seqw 3 8`: 1 MiB O_DIRECT `pwrite`s over the first 8 MiB, saved
+//! before and restored after); QD1 4 KiB random-read latency (200 O_DIRECT `pread`s at the same
+//! pseudo-random offsets in all modes); dom0's busy CPU seconds per GiB of the sequential read
+//! (`/proc/stat`: in a PV dom0 that is dom0's vCPU only, not usbdom's); for the modes through
+//! usbdom, usbdom's own CPU seconds per GiB of that read (`xl list`'s Time(s), 0.1 s
+//! resolution). dom0 prints `XT: phase` markers, shown on the host as progress lines. Also:
+//! `xl create` → usbdom ready (host serial stamps; the `U|` copy of the console is polled every
+//! 0.3 s, so ±0.3 s), `usbdom create-controller --wait` → backend Connected (dom0 uptime, 10 ms
+//! resolution), the stripped image size and the `memory=` usbdom ran in. The results also go to
+//! `target/bench/xen.json`.
 //! Ratios are reported, never asserted.
 
 use std::fs;
@@ -31,7 +48,11 @@ use crate::xen::{self, Boot};
 
 /// Benchmark tool run in dom0: `/guest/qd1 DEV N SEED` (QD1 4 KiB random reads) prints
 /// `n=.. mean_us=.. median_us=.. p90_us=.. min_us=.. max_us=..`; `/guest/qd1 DEV seq PASSES`
-/// (whole-device 1 MiB reads) prints `bytes=.. secs=.. mib_s=..`.
+/// (whole-device 1 MiB reads) prints `bytes=.. secs=.. mib_s=.. cpu_s=..`; `/guest/qd1 DEV seqw
+/// PASSES MIB` (1 MiB O_DIRECT writes of a pattern over the first MIB MiB, PASSES times, then
+/// `fdatasync`; then the region is read back and compared) prints the same and `verify=ok|bad`.
+/// `cpu_s` is the busy time (user+nice+system+irq+softirq) of `/proc/stat`'s `cpu` line across
+/// the timed part, in seconds (`sysconf(_SC_CLK_TCK)` ticks): in a Xen PV dom0, dom0's vCPUs only.
 const QD1_C: &str = r#"
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -44,18 +65,57 @@ const QD1_C: &str = r#"
 #include <linux/fs.h>
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1e6 + t.tv_nsec / 1e3; }
 static int cmp(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return (x > y) - (x < y); }
+/* Busy ticks of all CPUs: user nice system (idle iowait) irq softirq. */
+static unsigned long long busy(void) {
+  unsigned long long v[7] = {0};
+  FILE *f = fopen("/proc/stat", "r");
+  if (!f) return 0;
+  if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6]) != 7) v[0] = v[1] = v[2] = v[5] = v[6] = 0;
+  fclose(f);
+  return v[0] + v[1] + v[2] + v[5] + v[6];
+}
+static void report(unsigned long long total, double us, unsigned long long ticks) {
+  printf("bytes=%llu secs=%.4f mib_s=%.3f cpu_s=%.3f", total, us / 1e6, total / 1048576.0 / (us / 1e6), (double)ticks / (double)sysconf(_SC_CLK_TCK));
+}
 int main(int argc, char **argv) {
-  if (argc < 3) { fprintf(stderr, "usage: qd1 DEV N [SEED] | qd1 DEV seq PASSES\n"); return 2; }
-  int seq = !strcmp(argv[2], "seq");
+  if (argc < 3) { fprintf(stderr, "usage: qd1 DEV N [SEED] | qd1 DEV seq PASSES | qd1 DEV seqw PASSES MIB\n"); return 2; }
+  int seqw = !strcmp(argv[2], "seqw");
+  int seq = seqw || !strcmp(argv[2], "seq");
+  if (seq && argc < 4 + seqw) { fprintf(stderr, "missing arguments\n"); return 2; }
   int n = atoi(argv[seq ? 3 : 2]); unsigned seed = !seq && argc > 3 ? (unsigned)atoi(argv[3]) : 1;
-  int fd = open(argv[1], O_RDONLY | O_DIRECT);
+  int fd = open(argv[1], (seqw ? O_RDWR : O_RDONLY) | O_DIRECT);
   if (fd < 0) { perror("open"); return 1; }
   unsigned long long size = 0;
   if (ioctl(fd, BLKGETSIZE64, &size) != 0) size = (unsigned long long)lseek(fd, 0, SEEK_END);
   if (size < 4096) { fprintf(stderr, "size %llu\n", size); return 1; }
+  if (seqw) {
+    unsigned long long region = (unsigned long long)atoi(argv[4]) << 20, total = 0;
+    if (region == 0 || region > size || n < 1) { fprintf(stderr, "bad region %llu of %llu\n", region, size); return 2; }
+    unsigned long long *pat, *back;
+    if (posix_memalign((void **)&pat, 4096, region) || posix_memalign((void **)&back, 4096, 1 << 20)) return 1;
+    for (unsigned long long i = 0; i < region / 8; i++) pat[i] = (i * 8) ^ 0x9e3779b97f4a7c15ull;
+    unsigned long long c0 = busy(); double t0 = now();
+    for (int p = 0; p < n; p++)
+      for (unsigned long long off = 0; off < region; ) {
+        ssize_t w = pwrite(fd, (char *)pat + off, region - off < (1 << 20) ? region - off : (1 << 20), (off_t)off);
+        if (w <= 0) { perror("pwrite"); return 1; }
+        off += (unsigned long long)w; total += (unsigned long long)w;
+      }
+    if (fdatasync(fd) != 0) { perror("fdatasync"); return 1; }
+    double us = now() - t0; unsigned long long c1 = busy();
+    int ok = 1;
+    for (unsigned long long off = 0; off < region; off += 1 << 20) {
+      size_t len = region - off < (1 << 20) ? region - off : (1 << 20);
+      if (pread(fd, back, len, (off_t)off) != (ssize_t)len) { perror("pread back"); return 1; }
+      if (memcmp(back, (char *)pat + off, len)) ok = 0;
+    }
+    report(total, us, c1 - c0);
+    printf(" verify=%s\n", ok ? "ok" : "bad");
+    return ok ? 0 : 3;
+  }
   if (seq) {
     void *big; if (n < 1 || posix_memalign(&big, 4096, 1 << 20)) return 1;
-    double t0 = now(); unsigned long long total = 0;
+    unsigned long long c0 = busy(); double t0 = now(); unsigned long long total = 0;
     for (int p = 0; p < n; p++)
       for (unsigned long long off = 0; off < size; ) {
         ssize_t r = pread(fd, big, size - off < (1 << 20) ? size - off : (1 << 20), (off_t)off);
@@ -63,7 +123,8 @@ int main(int argc, char **argv) {
         off += (unsigned long long)r; total += (unsigned long long)r;
       }
     double us = now() - t0;
-    printf("bytes=%llu secs=%.4f mib_s=%.3f\n", total, us / 1e6, total / 1048576.0 / (us / 1e6));
+    report(total, us, busy() - c0);
+    printf("\n");
     return 0;
   }
   void *buf; if (posix_memalign(&buf, 4096, 4096)) return 1;
@@ -83,11 +144,63 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// What the dom0 script reported: `BENCH-MEASURE <name> <value>` and `BENCH-FAIL <step>: <why>`.
+/// One way of reaching the stick, measured by `tests/xen/bench.sh` (one shell function call
+/// there): `tag` prefixes its `BENCH-MEASURE` names, `key` names it in `xen.json`, `column` heads
+/// its table column. The first mode is the baseline the ratios are taken against.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Mode {
+    pub tag: &'static str,
+    pub key: &'static str,
+    pub column: &'static str,
+    pub what: &'static str,
+}
+
+pub const MODES: &[Mode] = &[
+    Mode {
+        tag: "direct",
+        key: "direct",
+        column: "direct",
+        what: "dom0 owns the xHCI (xhci-pci)",
+    },
+    Mode {
+        tag: "usbdom",
+        key: "usbdom-dom0",
+        column: "copy",
+        what: "usbdom, grant copy (usbdom.zero_copy=0), dom0 is the xen-hcd frontend",
+    },
+    Mode {
+        tag: "usbmap",
+        key: "usbdom-dom0-map",
+        column: "map",
+        what: "usbdom, grant map (usbdom.zero_copy=1), a fresh usbdom",
+    },
+    Mode {
+        tag: "usbdom-sg",
+        key: "usbdom-dom0-sg",
+        column: "sg",
+        what: "usbdom, grant copy, dom0's frontend the scatter-gather xen-hcd-sg.ko (tests/xen-hcd/)",
+    },
+    Mode {
+        tag: "usbip",
+        key: "usbip",
+        column: "usbip",
+        what: "dom0 owns the xHCI, exports the stick with usbip-host/usbipd, imports it over 127.0.0.1 (vhci-hcd)",
+    },
+    Mode {
+        tag: "qusb",
+        key: "qusb",
+        column: "qusb",
+        what: "Xen's qusb backend (QEMU in dom0, usb-host) serving a Linux PV domU frontend (xen-hcd) that measures; CPU: dom0's",
+    },
+];
+
+/// What the dom0 script reported: `BENCH-MEASURE <name> <value>`, `BENCH-FAIL <step>: <why>` and
+/// `BENCH-SKIP <mode>: <why>` (a mode this run could not measure, with the evidence).
 #[derive(Debug, Default, PartialEq)]
 pub struct Outcome {
     pub measures: Vec<(String, f64)>,
     pub fails: Vec<String>,
+    pub skips: Vec<(String, String)>,
     /// `memory=` of the last `xl create usbdom` (a failed create at 8 is retried at 16).
     pub memory: Option<u32>,
 }
@@ -99,6 +212,26 @@ impl Outcome {
             .rev()
             .find(|(n, _)| n == name)
             .map(|(_, v)| *v)
+    }
+
+    /// A row's value for one mode: a measure `<tag>-<measure>`, or one derived from measures.
+    pub fn value(&self, tag: &str, m: Measure) -> Option<f64> {
+        match m {
+            Measure::Key(k) => self.get(&format!("{tag}-{k}")),
+            // CPU seconds across the timed sequential read, per GiB read.
+            Measure::CpuPerGib(k) => {
+                let cpu = self.get(&format!("{tag}-{k}"))?;
+                let bytes = self.get(&format!("{tag}-seq-bytes"))?;
+                (bytes > 0.0).then(|| cpu / (bytes / f64::from(1u32 << 30)))
+            }
+        }
+    }
+
+    pub fn skipped(&self, tag: &str) -> Option<&str> {
+        self.skips
+            .iter()
+            .find(|(m, _)| m == tag)
+            .map(|(_, w)| w.as_str())
     }
 }
 
@@ -114,6 +247,10 @@ pub fn parse(lines: &[Line]) -> Outcome {
         } else if let Some(i) = t.find("BENCH-FAIL ") {
             o.fails
                 .push(t[i + "BENCH-FAIL ".len()..].trim().to_string());
+        } else if let Some(i) = t.find("BENCH-SKIP ") {
+            if let Some((m, why)) = t[i + "BENCH-SKIP ".len()..].split_once(':') {
+                o.skips.push((m.trim().to_string(), why.trim().to_string()));
+            }
         } else if let Some(i) = t.find(&format!("XT: xl create {} start (memory=", xen::DOMAIN)) {
             let rest = &t[i..];
             let v = rest.split("memory=").nth(1).unwrap_or("");
@@ -123,15 +260,62 @@ pub fn parse(lines: &[Line]) -> Outcome {
     o
 }
 
-/// One row of the side-by-side table: label, then direct, usbdom with grant copy ("usbdom"),
-/// usbdom with grant map ("usbmap"), usbdom with grant copy and the SG frontend ("usbdom-sg").
+/// Where a row's value comes from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Measure {
+    /// `BENCH-MEASURE <tag>-<key>`.
+    Key(&'static str),
+    /// `<tag>-<key>` (CPU seconds) per GiB of `<tag>-seq-bytes`.
+    CpuPerGib(&'static str),
+}
+
+/// The usbdom domain's CPU time across the sequential read (`xl list`, 0.1 s resolution): only
+/// the modes through usbdom have it.
+pub const BACKEND_CPU: Measure = Measure::CpuPerGib("backend-seq-cpu-s");
+
+/// The table's rows: label, source, and the `xen.json` key (rows without one are table only).
+pub const ROWS: &[(&str, Measure, Option<&str>)] = &[
+    (
+        "sequential read MiB/s",
+        Measure::Key("seq-mib-s"),
+        Some("seq_read_mib_s"),
+    ),
+    ("  cross-check: dd MiB/s", Measure::Key("dd-mib-s"), None),
+    (
+        "sequential write MiB/s",
+        Measure::Key("seqw-mib-s"),
+        Some("seq_write_mib_s"),
+    ),
+    ("QD1 4 KiB mean us", Measure::Key("lat-mean-us"), None),
+    (
+        "QD1 4 KiB median us",
+        Measure::Key("lat-median-us"),
+        Some("qd1_4k_median_us"),
+    ),
+    (
+        "QD1 4 KiB p90 us",
+        Measure::Key("lat-p90-us"),
+        Some("qd1_4k_p90_us"),
+    ),
+    (
+        "dom0 CPU s per GiB read",
+        Measure::CpuPerGib("seq-cpu-s"),
+        Some("dom0_cpu_s_per_gib"),
+    ),
+    (
+        "usbdom CPU s per GiB read",
+        BACKEND_CPU,
+        Some("usbdom_cpu_s_per_gib"),
+    ),
+];
+
+/// One row of the side-by-side table: label, then one value per mode of [`MODES`], in order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     pub label: String,
-    pub direct: Option<f64>,
-    pub copy: Option<f64>,
-    pub map: Option<f64>,
-    pub sg: Option<f64>,
+    pub values: Vec<Option<f64>>,
+    /// Every mode (not skipped) must have a value.
+    pub every_mode: bool,
 }
 
 /// `a / b` when both are there and `b > 0`.
@@ -144,22 +328,97 @@ pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 
 /// The side-by-side table.
 pub fn table(o: &Outcome) -> Vec<Row> {
-    let rows = [
-        ("sequential read MiB/s", "seq-mib-s"),
-        ("  cross-check: dd MiB/s", "dd-mib-s"),
-        ("QD1 4 KiB mean us", "lat-mean-us"),
-        ("QD1 4 KiB median us", "lat-median-us"),
-        ("QD1 4 KiB p90 us", "lat-p90-us"),
-    ];
-    rows.iter()
-        .map(|(label, key)| Row {
+    ROWS.iter()
+        .map(|(label, m, _)| Row {
             label: label.to_string(),
-            direct: o.get(&format!("direct-{key}")),
-            copy: o.get(&format!("usbdom-{key}")),
-            map: o.get(&format!("usbmap-{key}")),
-            sg: o.get(&format!("usbdom-sg-{key}")),
+            values: MODES.iter().map(|md| o.value(md.tag, *m)).collect(),
+            every_mode: *m != BACKEND_CPU,
         })
         .collect()
+}
+
+/// The facts of the run that `xen.json` carries beside the measures.
+pub struct Meta {
+    pub image_bytes: u64,
+    pub memory_mib: Option<u32>,
+    pub date: String,
+    pub machine: String,
+    /// Modes or peers not measured, with why.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// A JSON string literal.
+fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// A JSON number, or `null` for a missing or non-finite value.
+fn json_num(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v.is_finite() => format!("{}", (v * 1000.0).round() / 1000.0),
+        _ => "null".into(),
+    }
+}
+
+/// `target/bench/xen.json`: per JSON row key, an object of mode key → value (`null` when not
+/// measured), then the run's facts.
+pub fn json(o: &Outcome, meta: &Meta) -> String {
+    let mut parts = Vec::new();
+    for (_, m, key) in ROWS {
+        let Some(key) = key else { continue };
+        let vals: Vec<String> = MODES
+            .iter()
+            .map(|md| format!("{}: {}", json_str(md.key), json_num(o.value(md.tag, *m))))
+            .collect();
+        parts.push(format!("  {}: {{{}}}", json_str(key), vals.join(", ")));
+    }
+    parts.push(format!("  \"image_bytes\": {}", meta.image_bytes));
+    parts.push(format!(
+        "  \"memory_mib\": {}",
+        meta.memory_mib
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| "null".into())
+    ));
+    parts.push(format!("  \"date\": {}", json_str(&meta.date)));
+    parts.push(format!("  \"machine\": {}", json_str(&meta.machine)));
+    let sk: Vec<String> = meta
+        .skipped
+        .iter()
+        .map(|(k, w)| format!("{}: {}", json_str(k), json_str(w)))
+        .collect();
+    parts.push(format!("  \"skipped\": {{{}}}", sk.join(", ")));
+    format!("{{\n{}\n}}\n", parts.join(",\n"))
+}
+
+/// The host: name, kernel, CPU model and count, load.
+fn machine() -> String {
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let cpu = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpu
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|x| x.1))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    let n = cpu.lines().filter(|l| l.starts_with("processor")).count();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{} (Linux {}, {n} x {model}, load {})",
+        host.trim(),
+        kernel.trim(),
+        crate::bench::bench_qemu::load()
+    )
 }
 
 /// usbdom's loop statistics lines (from the live copy of its console), in order.
@@ -188,20 +447,52 @@ fn fmt(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into())
 }
 
-/// The dom0 kernel's `xhci-hcd.ko` and `xhci-pci.ko` (its release from `xen-hcd.ko`'s vermagic).
-fn xhci_modules(art: &xen::Artifacts) -> Result<Vec<(String, PathBuf)>, String> {
+/// The dom0 kernel's release, from `xen-hcd.ko`'s vermagic.
+fn dom0_kver(art: &xen::Artifacts) -> Result<String, String> {
     let vermagic = util::output(
         Command::new("modinfo")
             .args(["-F", "vermagic"])
             .arg(&art.xen_hcd),
     )?;
-    let kver = vermagic
+    vermagic
         .split_whitespace()
         .next()
-        .ok_or("xen-hcd.ko has no vermagic")?
-        .to_string();
-    let deps =
-        util::output(Command::new("modprobe").args(["--show-depends", "-S", &kver, "xhci-pci"]))?;
+        .map(str::to_string)
+        .ok_or_else(|| "xen-hcd.ko has no vermagic".into())
+}
+
+/// The `.ko` files named `want` among `modprobe --show-depends` of `modules` (the dom0 kernel's),
+/// as `guest/<file>` → host path, in load order (the base initramfs has the others, e.g. usbcore).
+fn dom0_modules(
+    kver: &str,
+    modules: &[&str],
+    want: &[&str],
+) -> Result<Vec<(String, PathBuf)>, String> {
+    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    for m in modules {
+        let deps = util::output(Command::new("modprobe").args(["--show-depends", "-S", kver, m]))?;
+        out.extend(
+            module_files(&deps, want)
+                .into_iter()
+                .filter(|(n, _)| !out.iter().any(|(o, _)| o == n))
+                .collect::<Vec<_>>(),
+        );
+    }
+    if out.len() != want.len() {
+        return Err(format!(
+            "{} not all found for {kver} (built in, or compressed modules?): {}",
+            want.join("/"),
+            out.iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+    Ok(out)
+}
+
+/// The `insmod` lines of `modprobe --show-depends` output whose file is one of `want`.
+fn module_files(deps: &str, want: &[&str]) -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
     for l in deps.lines() {
         let w: Vec<&str> = l.split_whitespace().collect();
@@ -212,16 +503,82 @@ fn xhci_modules(art: &xen::Artifacts) -> Result<Vec<(String, PathBuf)>, String> 
                 .unwrap_or_default()
                 .to_string_lossy()
                 .into_owned();
-            if name == "xhci-hcd.ko" || name == "xhci-pci.ko" {
+            if want.contains(&name.as_str()) {
                 out.push((format!("guest/{name}"), p));
             }
         }
     }
-    if out.len() != 2 {
-        return Err(format!(
-            "xhci-hcd.ko/xhci-pci.ko not found for {kver} (built in, or compressed modules?): {deps}"
+    out
+}
+
+/// The usbip peer for dom0: `usbip`/`usbipd` from Debian's `usbip` package at their paths, the
+/// shared libraries they need that the base initramfs lacks (it has `xl`'s), `usb.ids`, and the
+/// modules usbip-core, usbip-host and vhci-hcd. `Err(why)` when this host cannot provide them.
+fn usbip_files(kver: &str) -> Result<Vec<(String, PathBuf)>, String> {
+    match util::ensure_packages(&["usbip"])? {
+        util::Prereq::Ready => {}
+        util::Prereq::Unavailable(why) => return Err(why),
+    }
+    let mut out = dom0_modules(
+        kver,
+        &["usbip-host", "vhci-hcd"],
+        &["usbip-core.ko", "usbip-host.ko", "vhci-hcd.ko"],
+    )?;
+    dom0_binaries(&["/usr/sbin/usbip", "/usr/sbin/usbipd"], &mut out)?;
+    for ids in ["/usr/share/hwdata/usb.ids", "/usr/share/misc/usb.ids"] {
+        let p = PathBuf::from(ids);
+        if let Ok(real) = fs::canonicalize(&p) {
+            out.push(("usr/share/hwdata/usb.ids".into(), real));
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// `bins` (host paths, shipped at the same paths) and the shared libraries they need that the base
+/// initramfs lacks (it has `xl`'s), appended to `out`.
+fn dom0_binaries(bins: &[&str], out: &mut Vec<(String, PathBuf)>) -> Result<(), String> {
+    let have: Vec<PathBuf> = xen::ldd(&PathBuf::from(xen::XEN_BIN).join("xl"));
+    for b in bins {
+        let b = PathBuf::from(b);
+        if !b.exists() {
+            return Err(format!("{} is missing", b.display()));
+        }
+        for l in xen::ldd(&b) {
+            let name = l
+                .strip_prefix("/")
+                .unwrap_or(&l)
+                .to_string_lossy()
+                .into_owned();
+            if !have.contains(&l) && !out.iter().any(|(n, _)| *n == name) {
+                // The archive path is ldd's; the file may be a symlink: ship its target's bytes.
+                out.push((name, fs::canonicalize(&l).unwrap_or(l)));
+            }
+        }
+        out.push((
+            b.strip_prefix("/").unwrap().to_string_lossy().into_owned(),
+            b,
         ));
     }
+    Ok(())
+}
+
+/// The qusb peer for dom0: Debian's `qemu-system-xen` (`/usr/libexec/xen-qemu-system-i386`, the
+/// device model libxl starts for `usbctrl=["type=qusb"]`) with its libraries, and the dom0 kernel as
+/// the frontend domU's kernel. `Err(why)` when this host cannot provide them.
+fn qusb_files(art: &xen::Artifacts) -> Result<Vec<(String, PathBuf)>, String> {
+    match util::ensure_packages(&["qemu-system-xen"])? {
+        util::Prereq::Ready => {}
+        util::Prereq::Unavailable(why) => return Err(why),
+    }
+    let mut out = vec![("guest/vmlinuz".to_string(), art.vmlinuz.clone())];
+    dom0_binaries(&["/usr/libexec/xen-qemu-system-i386"], &mut out)?;
+    // libxl starts it with `-vnc none`, which still loads the keymap.
+    let keymap = PathBuf::from("/usr/share/qemu/keymaps/en-us");
+    if !keymap.exists() {
+        return Err(format!("{} is missing", keymap.display()));
+    }
+    out.push(("usr/share/qemu/keymaps/en-us".into(), keymap));
     Ok(out)
 }
 
@@ -236,7 +593,7 @@ fn build_qd1(dir: &std::path::Path) -> Result<PathBuf, String> {
 }
 
 pub fn run(r: &mut Report) {
-    println!("==== bench: Xen tier PVUSB (usbdom vs dom0 owning the xHCI directly; TCG -smp 1, one boot) ====");
+    println!("==== bench: Xen tier PVUSB (usbdom vs dom0 owning the xHCI directly, usbip and qusb; TCG -smp 1, one boot) ====");
     let name = "bench: xen pvusb usbdom vs direct";
     let art = match xen::prepare() {
         Ok(Ok(a)) => a,
@@ -248,10 +605,36 @@ pub fn run(r: &mut Report) {
         Err(e) => return r.fail(name, format!("kernel build: {e}")),
     };
     let dir = util::target().join("xen-bench");
-    let mut extra = match xhci_modules(&art) {
+    let kver = match dom0_kver(&art) {
+        Ok(k) => k,
+        Err(e) => return r.fail(name, e),
+    };
+    let mut extra = match dom0_modules(&kver, &["xhci-pci"], &["xhci-hcd.ko", "xhci-pci.ko"]) {
         Ok(m) => m,
         Err(e) => return r.fail(name, e),
     };
+    // Peers this harness cannot run, with the evidence.
+    let mut host_skips: Vec<(String, String)> = Vec::new();
+    match usbip_files(&kver) {
+        Ok(f) => extra.extend(f),
+        Err(why) => host_skips.push(("usbip".into(), format!("not shipped to dom0: {why}"))),
+    }
+    match qusb_files(&art) {
+        Ok(f) => {
+            let bytes: u64 = f
+                .iter()
+                .filter_map(|(_, p)| fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum();
+            println!(
+                "bench xen: qusb peer ships {} files, {:.1} MiB (QEMU for Xen, its libraries, the domU kernel)",
+                f.len(),
+                bytes as f64 / 1048576.0
+            );
+            extra.extend(f);
+        }
+        Err(why) => host_skips.push(("qusb".into(), format!("not shipped to dom0: {why}"))),
+    }
     match build_qd1(&dir) {
         Ok(b) => extra.push(("guest/qd1".to_string(), b)),
         Err(e) => return r.fail(name, format!("qd1: {e}")),
@@ -260,8 +643,8 @@ pub fn run(r: &mut Report) {
         art: &art,
         guest: &k.stripped,
         test: "bench",
-        // Four phases (direct, copy, map, sg): more than the default 480 s under load.
-        dom0_vars: vec![("timeout".into(), "720".into())],
+        // The dom0 script's own bound (tests/xen/init), inside the QEMU timeout below.
+        dom0_vars: vec![("timeout".into(), "1500".into())],
         controller: "qemu-xhci",
         devices: vec![],
         extra_files: extra,
@@ -269,7 +652,8 @@ pub fn run(r: &mut Report) {
         name: "bench",
         monitor: None,
         actions: vec![],
-        timeout: Duration::from_secs(900),
+        // Six modes of about 1-3 min each under TCG, plus the boot.
+        timeout: Duration::from_secs(1600),
         echo: std::env::var_os("USBDOM_BENCH_ECHO").is_some(),
     };
     let res = match xen::boot(&b) {
@@ -283,28 +667,34 @@ pub fn run(r: &mut Report) {
         b.dir.display(),
         crate::bench::bench_qemu::load()
     );
-    println!(
-        "  {:24} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {:>8}",
-        "", "direct", "copy", "map", "copy/dir", "map/dir", "map/copy", "sg", "sg/copy"
-    );
+    let mut head = format!("  {:26}", "");
+    for m in MODES {
+        head.push_str(&format!(" {:>9}", m.column));
+    }
+    for m in &MODES[1..] {
+        head.push_str(&format!(
+            " {:>10}",
+            format!("{}/{}", m.column, &MODES[0].column[..3])
+        ));
+    }
+    println!("{head}");
     let rows = table(&o);
     for r in &rows {
-        println!(
-            "  {:24} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {:>8}",
-            r.label,
-            fmt(r.direct),
-            fmt(r.copy),
-            fmt(r.map),
-            fmt(ratio(r.copy, r.direct)),
-            fmt(ratio(r.map, r.direct)),
-            fmt(ratio(r.map, r.copy)),
-            fmt(r.sg),
-            fmt(ratio(r.sg, r.copy))
-        );
+        let mut line = format!("  {:26}", r.label);
+        for v in &r.values {
+            line.push_str(&format!(" {:>9}", fmt(*v)));
+        }
+        for v in &r.values[1..] {
+            line.push_str(&format!(" {:>10}", fmt(ratio(*v, r.values[0]))));
+        }
+        println!("{line}");
     }
-    println!("  (copy: usbdom.zero_copy=0, grant copy; map: usbdom.zero_copy=1, grant map; sg: grant copy, dom0 frontend xen-hcd-sg.ko; each a fresh usbdom)");
+    for m in MODES {
+        println!("  {}: {}", m.column, m.what);
+    }
+    println!("  block queue limits each frontend gave usb-storage:");
     for l in sg_queue_lines(&res.out.lines) {
-        println!("  {l}");
+        println!("    {l}");
     }
     println!("  usbdom loop statistics (10 s windows; copy run first, then map, then sg):");
     for l in loop_stats(&res.out.lines) {
@@ -354,9 +744,48 @@ pub fn run(r: &mut Report) {
             .map(|m| m.to_string())
             .unwrap_or_else(|| "?".into())
     );
-    let complete = rows
+    // Modes the script skipped (with its evidence) and peers this harness cannot run.
+    let mut skipped: Vec<(String, String)> = o
+        .skips
         .iter()
-        .all(|r| r.direct.is_some() && r.copy.is_some() && r.map.is_some() && r.sg.is_some());
+        .map(|(m, w)| {
+            let key = MODES
+                .iter()
+                .find(|x| x.tag == m)
+                .map_or(m.as_str(), |x| x.key);
+            (key.to_string(), w.clone())
+        })
+        .collect();
+    for (k, w) in host_skips {
+        // The host's reason is the cause; the script's ("no usbipd in dom0") only its effect.
+        skipped.retain(|(x, _)| *x != k);
+        skipped.push((k, w));
+    }
+    for (k, w) in &skipped {
+        println!("  skipped: {k}: {w}");
+    }
+    let meta = Meta {
+        image_bytes: k.stripped_size,
+        memory_mib: o.memory,
+        date: util::output(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]))
+            .map(|d| d.trim().to_string())
+            .unwrap_or_default(),
+        machine: machine(),
+        skipped,
+    };
+    let jpath = util::target().join("bench/xen.json");
+    match fs::create_dir_all(jpath.parent().unwrap())
+        .and_then(|_| fs::write(&jpath, json(&o, &meta)))
+    {
+        Ok(()) => println!("  results: {}", jpath.display()),
+        Err(e) => println!("  could not write {}: {e}", jpath.display()),
+    }
+    let complete = rows.iter().filter(|r| r.every_mode).all(|r| {
+        MODES
+            .iter()
+            .zip(&r.values)
+            .all(|(m, v)| v.is_some() || o.skipped(m.tag).is_some())
+    });
     if !o.fails.is_empty() || !complete {
         let why = if o.fails.is_empty() {
             "measurements missing (see the log)".to_string()
@@ -397,7 +826,7 @@ mod tests {
     }
 
     #[test]
-    fn table_has_both_data_paths_and_their_ratios() {
+    fn table_has_every_mode_and_their_ratios() {
         let o = parse(&l(&[
             "BENCH-MEASURE direct-seq-mib-s 8",
             "BENCH-MEASURE usbdom-seq-mib-s 6",
@@ -407,22 +836,210 @@ mod tests {
             "BENCH-MEASURE usbdom-lat-mean-us 2500",
         ]));
         let t = table(&o);
-        assert_eq!(
-            (t[0].direct, t[0].copy, t[0].map),
-            (Some(8.0), Some(6.0), Some(3.0))
-        );
-        assert_eq!(ratio(t[0].copy, t[0].direct), Some(0.75));
-        assert_eq!(ratio(t[0].map, t[0].copy), Some(0.5));
-        // The SG frontend's column is its own keys, not a prefix match of "usbdom-".
-        assert_eq!(t[0].sg, Some(12.0));
-        assert_eq!(ratio(t[0].sg, t[0].copy), Some(2.0));
-        assert_eq!(t[2].sg, None);
-        assert_eq!(ratio(t[2].copy, t[2].direct), Some(2.5));
+        assert_eq!(t[0].values[..3], [Some(8.0), Some(6.0), Some(3.0)]);
+        assert_eq!(ratio(t[0].values[1], t[0].values[0]), Some(0.75));
+        assert_eq!(ratio(t[0].values[2], t[0].values[1]), Some(0.5));
+        let mean = t.iter().find(|r| r.label == "QD1 4 KiB mean us").unwrap();
+        assert_eq!(ratio(mean.values[1], mean.values[0]), Some(2.5));
         // A mode that produced nothing gives no ratio.
-        assert_eq!(ratio(t[2].map, t[2].direct), None);
-        assert_eq!(t[3].label, "QD1 4 KiB median us");
-        assert_eq!((t[3].direct, t[3].copy, t[3].map), (None, None, None));
+        assert_eq!(ratio(mean.values[2], mean.values[0]), None);
+        let median = t.iter().find(|r| r.label == "QD1 4 KiB median us").unwrap();
+        assert!(median.values.iter().all(Option::is_none));
         assert_eq!(ratio(Some(1.0), Some(0.0)), None);
+        assert!(t.iter().all(|r| r.values.len() == MODES.len()));
+    }
+
+    #[test]
+    fn cpu_per_gib_is_derived_from_the_sequential_read() {
+        let o = parse(&l(&[
+            "BENCH-MEASURE direct-seq-bytes 50331648",
+            "BENCH-MEASURE direct-seq-cpu-s 0.12",
+            "BENCH-MEASURE usbdom-seq-cpu-s 0.5",
+            "BENCH-MEASURE usbmap-seq-bytes 0",
+            "BENCH-MEASURE usbmap-seq-cpu-s 0.5",
+        ]));
+        // 48 MiB read with 0.12 s busy: 2.56 s per GiB.
+        let v = o.value("direct", Measure::CpuPerGib("seq-cpu-s")).unwrap();
+        assert!((v - 2.56).abs() < 1e-9, "{v}");
+        // No byte count, or zero bytes: no value.
+        assert_eq!(o.value("usbdom", Measure::CpuPerGib("seq-cpu-s")), None);
+        assert_eq!(o.value("usbmap", Measure::CpuPerGib("seq-cpu-s")), None);
+        // usbdom's own CPU time: its own measure.
+        let o = parse(&l(&[
+            "BENCH-MEASURE usbdom-seq-bytes 1073741824",
+            "BENCH-MEASURE usbdom-seq-cpu-s 3",
+            "BENCH-MEASURE usbdom-backend-seq-cpu-s 1.5",
+        ]));
+        assert_eq!(o.value("usbdom", BACKEND_CPU), Some(1.5));
+        assert_eq!(o.value("direct", BACKEND_CPU), None);
+        let t = table(&o);
+        let backend = t
+            .iter()
+            .find(|r| r.label.starts_with("usbdom CPU"))
+            .unwrap();
+        assert!(!backend.every_mode);
+        assert!(t.iter().filter(|r| r.every_mode).count() == ROWS.len() - 1);
+    }
+
+    #[test]
+    fn skips_are_parsed_per_mode() {
+        let o = parse(&l(&[
+            "[ 3.0] BENCH-SKIP usbip: no /guest/usbipd: the host could not ship it",
+            "BENCH-SKIP malformed",
+        ]));
+        assert_eq!(
+            o.skipped("usbip"),
+            Some("no /guest/usbipd: the host could not ship it")
+        );
+        assert_eq!(o.skips.len(), 1);
+        assert_eq!(o.skipped("direct"), None);
+    }
+
+    /// A small JSON reader, enough to check that `json` writes valid JSON: returns the value's
+    /// top-level object keys (in order) and the rest of the input.
+    fn json_value(s: &str) -> Result<(Vec<String>, &str), String> {
+        let s = s.trim_start();
+        let (c, rest) = (s.chars().next().ok_or("eof")?, &s[1..]);
+        match c {
+            '{' => {
+                let mut keys = Vec::new();
+                let mut r = rest.trim_start();
+                if let Some(x) = r.strip_prefix('}') {
+                    return Ok((keys, x));
+                }
+                loop {
+                    let (k, x) = json_string(r.trim_start())?;
+                    keys.push(k);
+                    let x = x.trim_start().strip_prefix(':').ok_or("no ':'")?;
+                    let (_, x) = json_value(x)?;
+                    let x = x.trim_start();
+                    if let Some(x) = x.strip_prefix(',') {
+                        r = x;
+                    } else if let Some(x) = x.strip_prefix('}') {
+                        return Ok((keys, x));
+                    } else {
+                        return Err(format!("expected , or }} at {x:.20}"));
+                    }
+                }
+            }
+            '"' => json_string(s).map(|(_, r)| (vec![], r)),
+            'n' => s
+                .strip_prefix("null")
+                .map(|r| (vec![], r))
+                .ok_or_else(|| "bad literal".into()),
+            '-' | '0'..='9' => {
+                let end = s
+                    .find(|c: char| !(c.is_ascii_digit() || "+-.eE".contains(c)))
+                    .unwrap_or(s.len());
+                s[..end].parse::<f64>().map_err(|e| e.to_string())?;
+                Ok((vec![], &s[end..]))
+            }
+            _ => Err(format!("unexpected {c}")),
+        }
+    }
+
+    fn json_string(s: &str) -> Result<(String, &str), String> {
+        let mut out = String::new();
+        let mut it = s.strip_prefix('"').ok_or("no string")?.char_indices();
+        while let Some((i, c)) = it.next() {
+            match c {
+                '"' => return Ok((out, &s[i + 2..])),
+                '\\' => match it.next().ok_or("eof")?.1 {
+                    'u' => {
+                        let h: String = (0..4).filter_map(|_| it.next().map(|x| x.1)).collect();
+                        out.push(
+                            char::from_u32(u32::from_str_radix(&h, 16).map_err(|e| e.to_string())?)
+                                .ok_or("bad \\u")?,
+                        );
+                    }
+                    'n' => out.push('\n'),
+                    e @ ('"' | '\\' | '/') => out.push(e),
+                    e => return Err(format!("bad escape {e}")),
+                },
+                c if (c as u32) < 0x20 => return Err("control character in string".into()),
+                c => out.push(c),
+            }
+        }
+        Err("unterminated string".into())
+    }
+
+    #[test]
+    fn json_is_valid_and_has_every_key() {
+        let o = parse(&l(&[
+            "BENCH-MEASURE direct-seq-mib-s 224.5",
+            "BENCH-MEASURE usbdom-seq-mib-s 10.25",
+            "BENCH-MEASURE usbdom-lat-p90-us 2500",
+        ]));
+        let meta = Meta {
+            image_bytes: 817152,
+            memory_mib: Some(8),
+            date: "2026-12-04T15:00:00Z".into(),
+            machine: "box \"2 cores\"\n\\".into(),
+            skipped: vec![("qusb".into(), "no qemu-system-xen\tin dom0".into())],
+        };
+        let j = json(&o, &meta);
+        let (keys, rest) = json_value(&j).unwrap_or_else(|e| panic!("{e}\n{j}"));
+        assert_eq!(rest.trim(), "", "{j}");
+        assert_eq!(
+            keys,
+            [
+                "seq_read_mib_s",
+                "seq_write_mib_s",
+                "qd1_4k_median_us",
+                "qd1_4k_p90_us",
+                "dom0_cpu_s_per_gib",
+                "usbdom_cpu_s_per_gib",
+                "image_bytes",
+                "memory_mib",
+                "date",
+                "machine",
+                "skipped"
+            ]
+        );
+        // Each row object has every mode's key, the renamed ones included.
+        let row = j
+            .lines()
+            .find(|l| l.contains("\"seq_read_mib_s\""))
+            .unwrap();
+        let (mkeys, _) = json_value(row.split_once(':').unwrap().1).unwrap();
+        assert_eq!(mkeys, MODES.iter().map(|m| m.key).collect::<Vec<_>>());
+        assert!(mkeys.contains(&"usbdom-dom0".to_string()));
+        assert!(mkeys.contains(&"usbdom-dom0-map".to_string()));
+        assert!(row.contains("\"direct\": 224.5"), "{row}");
+        assert!(row.contains("\"usbdom-dom0\": 10.25"), "{row}");
+        assert!(row.contains("\"usbdom-dom0-map\": null"), "{row}");
+        assert!(j.contains("\"skipped\": {\"qusb\": \"no qemu-system-xen\\u0009in dom0\"}"));
+        // Nothing measured and no memory: still valid.
+        let empty = json(
+            &Outcome::default(),
+            &Meta {
+                memory_mib: None,
+                skipped: vec![],
+                ..meta
+            },
+        );
+        let (_, rest) = json_value(&empty).unwrap_or_else(|e| panic!("{e}\n{empty}"));
+        assert_eq!(rest.trim(), "");
+        assert!(empty.contains("\"memory_mib\": null"));
+        assert_eq!(json_num(Some(f64::NAN)), "null");
+    }
+
+    #[test]
+    fn module_files_are_the_wanted_insmod_lines_in_order() {
+        let deps = "insmod /lib/modules/6.1.0-57-amd64/kernel/drivers/usb/core/usbcore.ko \n\
+                    builtin usb_common\n\
+                    insmod /lib/modules/6.1.0-57-amd64/kernel/drivers/usb/usbip/usbip-core.ko \n\
+                    insmod /lib/modules/6.1.0-57-amd64/kernel/drivers/usb/usbip/vhci-hcd.ko \n";
+        let f = module_files(deps, &["vhci-hcd.ko", "usbip-core.ko"]);
+        assert_eq!(
+            f.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["guest/usbip-core.ko", "guest/vhci-hcd.ko"]
+        );
+        assert_eq!(
+            f[1].1,
+            PathBuf::from("/lib/modules/6.1.0-57-amd64/kernel/drivers/usb/usbip/vhci-hcd.ko")
+        );
+        assert!(module_files("modprobe: FATAL: Module x not found", &["x.ko"]).is_empty());
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub const PACKAGES: &[&str] = &[
 
 /// Bump when the way the cached base initramfs is built changes.
 const BASE_RECIPE: &str = "dom0-base v1";
-const XEN_BIN: &str = "/usr/lib/xen-4.17/bin";
+pub const XEN_BIN: &str = "/usr/lib/xen-4.17/bin";
 /// The emulated xHCI's PCI ID (QEMU's `qemu-xhci`, Red Hat vendor ID).
 pub const XHCI_ID: &str = "1b36:000d";
 /// Controllers the harness can pass through: (QEMU device, PCI ID).
@@ -272,7 +272,7 @@ fn copy_into(root: &Path, src: &Path) -> Result<(), String> {
 }
 
 /// The shared libraries a binary needs, from `ldd`.
-fn ldd(bin: &Path) -> Vec<PathBuf> {
+pub fn ldd(bin: &Path) -> Vec<PathBuf> {
     let out = Command::new("ldd").arg(bin).output();
     let Ok(out) = out else { return vec![] };
     String::from_utf8_lossy(&out.stdout)
@@ -426,6 +426,19 @@ pub fn run_cpio(guest_elf: &Path, extra: &[(String, PathBuf)]) -> Result<Vec<u8>
     c.dir("guest", 0o755);
     c.host_file("guest/usbdom", guest_elf)
         .map_err(|e| format!("{}: {e}", guest_elf.display()))?;
+    // The kernel's initramfs unpacker creates no missing parent directories: name them first
+    // (an existing directory is left as it is).
+    let mut dirs: Vec<String> = Vec::new();
+    for (name, _) in extra {
+        let parts: Vec<&str> = name.split('/').collect();
+        for i in 1..parts.len() {
+            let d = parts[..i].join("/");
+            if d != "guest" && !dirs.contains(&d) {
+                c.dir(&d, 0o755);
+                dirs.push(d);
+            }
+        }
+    }
     for (name, p) in extra {
         c.host_file(name, p)
             .map_err(|e| format!("{}: {e}", p.display()))?;
@@ -672,6 +685,7 @@ fn boot_once(b: &Boot, attempt: u32) -> Result<qemu::Outcome, String> {
         args.push(d.clone());
     }
     let echo = b.echo;
+    let label = b.name.to_string();
     let log = if attempt == 0 {
         b.dir.join(format!("{}.log", b.name))
     } else {
@@ -693,9 +707,19 @@ fn boot_once(b: &Boot, attempt: u32) -> Result<qemu::Outcome, String> {
                     || l.text.starts_with("xtask:"))
             {
                 println!("[{:7.2}] {}", l.t, l.text);
+            } else if let Some(p) = progress_line(&label, l) {
+                println!("{p}");
             }
         }),
     })
+}
+
+/// A progress line for the host when the serial log is not echoed: dom0 scripts mark the phases
+/// of a long run with `XT: phase <what>`, shown as `<name> xen: +93s phase <what>` (seconds since
+/// QEMU start).
+pub fn progress_line(name: &str, l: &Line) -> Option<String> {
+    let what = l.text.strip_prefix("XT: phase ")?;
+    Some(format!("{name} xen: +{:.0}s phase {}", l.t, what.trim()))
 }
 
 /// Boot, retrying at most once when the boot hung before usbdom printed its first line.
@@ -1034,6 +1058,41 @@ mod tests {
                 text: s.to_string(),
             })
             .collect()
+    }
+
+    #[test]
+    fn run_cpio_names_the_parent_directories_of_extra_files_first() {
+        let f = std::env::temp_dir().join(format!("xtask-cpio-test-{}", std::process::id()));
+        fs::write(&f, b"x").unwrap();
+        let extra = vec![
+            ("usr/libexec/qemu".to_string(), f.clone()),
+            ("guest/qd1".to_string(), f.clone()),
+        ];
+        let data = run_cpio(&f, &extra).unwrap();
+        let _ = fs::remove_file(&f);
+        let at = |name: &str| {
+            let n = format!("{name}\0");
+            data.windows(n.len()).position(|w| w == n.as_bytes())
+        };
+        let (usr, libexec, file) = (at("usr"), at("usr/libexec"), at("usr/libexec/qemu"));
+        assert!(usr.is_some() && libexec.is_some() && file.is_some());
+        assert!(usr < libexec && libexec < file);
+    }
+
+    #[test]
+    fn progress_lines_are_the_phase_markers_only() {
+        let mut x = l(&[
+            "XT: phase direct: seq read ",
+            "XT: usbdom ready",
+            "U| XT: phase x",
+        ]);
+        x[0].t = 92.6;
+        assert_eq!(
+            progress_line("bench", &x[0]).as_deref(),
+            Some("bench xen: +93s phase direct: seq read")
+        );
+        assert_eq!(progress_line("bench", &x[1]), None);
+        assert_eq!(progress_line("bench", &x[2]), None);
     }
 
     #[test]
