@@ -19,6 +19,7 @@
 # Output lines the host reads: "BENCH-MEASURE <name> <value>", "BENCH-FAIL <step>: <why>",
 # "XT: phase <what>" (shown on the host as progress).
 . /tests/lib.sh
+. /tests/usbmon.sh
 FE=0
 fails=0
 WMIB=8
@@ -79,7 +80,7 @@ measure_write() {
 
 # measure MODE: the rows of one mode on /dev/$DISK (see the top of this file).
 measure() {
-  local mode=$1 bytes t0 secs out dc0 dc1
+  local mode=$1 bytes t0 secs out dc0 dc1 rc
   phase "$mode: sha256 before"
   sha_check $mode before
   bytes=$(($(cat /sys/block/$DISK/size) * 512))
@@ -115,8 +116,11 @@ measure() {
   measure_write $mode
   pause
   phase "$mode: qd1 4k"
+  mon_start
   out=$(timeout 120 /guest/qd1 /dev/$DISK 200 42 2>&1)
-  if [ $? = 0 ]; then
+  rc=$?
+  mon_stop 12
+  if [ $rc = 0 ]; then
     xt "$mode: qd1 $out"
     for kv in $out; do
       case $kv in *_us=*) M "$mode-lat-${kv%%_us=*}-us" "${kv#*=}";; esac
@@ -318,7 +322,7 @@ CFG
 # Returns like xt_up.
 usbdom_start() {
   local cfg="pci=['$XT_BDF']
-extra='usbdom.zero_copy=$1'" rc
+extra='usbdom.zero_copy=$1 usbdom.trace=1'" rc
   xt_follow "$XT_NAME"
   xt_create "$XT_NAME" "${XT_MEM:-8}" "$cfg"; rc=$?
   if [ $rc = 1 ] && [ "${XT_MEM:-8}" = 8 ]; then

@@ -461,6 +461,64 @@ fn dom0_kver(art: &xen::Artifacts) -> Result<String, String> {
         .ok_or_else(|| "xen-hcd.ko has no vermagic".into())
 }
 
+/// The breakdown of each mode's last QD1 4 KiB read ([`crate::breakdown`]): the frontend's usbmon
+/// lines (`XT: usbmon: ` after the mode's `qd1` line) and, through usbdom, usbdom's trace lines
+/// printed at the next statistics line. Per mode, the lines between its `XT: phase <mode>: qd1 4k`
+/// marker and the next phase marker.
+pub fn breakdowns(lines: &[Line]) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let Some(mode) = lines[i]
+            .text
+            .split("XT: phase ")
+            .nth(1)
+            .and_then(|t| t.strip_suffix(": qd1 4k"))
+        else {
+            i += 1;
+            continue;
+        };
+        let end = lines[i + 1..]
+            .iter()
+            .position(|l| {
+                l.text.contains("XT: phase ")
+                    && !l.text.contains(": qd1 4k")
+                    && l.text.contains(": done")
+            })
+            .map_or(lines.len(), |p| i + 1 + p);
+        let part = &lines[i..end];
+        let mon: Vec<&str> = part
+            .iter()
+            .filter_map(|l| l.text.split("XT: usbmon: ").nth(1))
+            .collect();
+        let traced: Vec<crate::breakdown::Traced> = part
+            .iter()
+            .filter(|l| l.text.starts_with("U| "))
+            .filter_map(|l| crate::breakdown::parse_trace(&l.text))
+            .collect();
+        if let Some(t) = crate::breakdown::render(&crate::breakdown::parse_usbmon(mon), &traced) {
+            out.push((mode.to_string(), t));
+        }
+        i = end;
+    }
+    out
+}
+
+fn print_breakdowns(lines: &[Line]) {
+    let b = breakdowns(lines);
+    if b.is_empty() {
+        println!("  (no breakdown of a read: no usbmon lines)");
+        return;
+    }
+    println!("  the last QD1 4 KiB read, per URB (us; frontend = usbmon submit->complete in dom0; usbdom = taken off the ring -> response published; outside = the rest: frontend paths, notifications, domain switches; (gap) = dom0 between two URBs):");
+    for (mode, t) in b {
+        println!("    {mode}:");
+        for l in t {
+            println!("      {l}");
+        }
+    }
+}
+
 /// The `.ko` files named `want` among `modprobe --show-depends` of `modules` (the dom0 kernel's),
 /// as `guest/<file>` → host path, in load order (the base initramfs has the others, e.g. usbcore).
 fn dom0_modules(
@@ -613,6 +671,11 @@ pub fn run(r: &mut Report) {
         Ok(m) => m,
         Err(e) => return r.fail(name, e),
     };
+    // usbmon, for the breakdown of a 4 KiB read (tests/xen/usbmon.sh): without it, no breakdown.
+    match dom0_modules(&kver, &["usbmon"], &["usbmon.ko"]) {
+        Ok(m) => extra.extend(m),
+        Err(e) => println!("bench xen: no usbmon for dom0 ({e}): no breakdown of a read"),
+    }
     // Peers this harness cannot run, with the evidence.
     let mut host_skips: Vec<(String, String)> = Vec::new();
     match usbip_files(&kver) {
@@ -692,6 +755,7 @@ pub fn run(r: &mut Report) {
     for m in MODES {
         println!("  {}: {}", m.column, m.what);
     }
+    print_breakdowns(&res.out.lines);
     println!("  block queue limits each frontend gave usb-storage:");
     for l in sg_queue_lines(&res.out.lines) {
         println!("    {l}");
@@ -1057,6 +1121,40 @@ mod tests {
                 "usbdom-sg: queue max_sectors_kb=60 max_hw_sectors_kb=60 max_segments=16"
             ]
         );
+    }
+
+    #[test]
+    fn a_breakdown_per_mode_from_its_qd1_phase() {
+        let lines = l(&[
+            "XT: phase direct: qd1 4k",
+            "XT: usbmon: a1 100 S Bo:1:002:2 -115 31 = 55534243",
+            "XT: usbmon: a1 150 C Bo:1:002:2 0 31 >",
+            "XT: usbmon: a2 160 S Bi:1:002:1 -115 4096 <",
+            "XT: usbmon: a2 300 C Bi:1:002:1 0 4096 =",
+            "XT: usbmon: a3 310 S Bi:1:002:1 -115 13 <",
+            "XT: usbmon: a3 350 C Bi:1:002:1 0 13 =",
+            "XT: phase direct: sha256 after",
+            "XT: phase direct: done",
+            "XT: phase usbdom: qd1 4k",
+            "XT: usbmon: b1 1000 S Bo:3:002:2 -115 31 = 55534243",
+            "XT: usbmon: b1 1600 C Bo:3:002:2 0 31 >",
+            "XT: usbmon: b2 1700 S Bi:3:002:1 -115 4096 <",
+            "XT: usbmon: b2 2500 C Bi:3:002:1 0 4096 =",
+            "XT: usbmon: b3 2600 S Bi:3:002:1 -115 13 <",
+            "XT: usbmon: b3 3200 C Bi:3:002:1 0 13 =",
+            "U| [ 40.1] INFO  backend: urb trace: frontend 0 id 1 ep 0x02 len 31 actual 31 ring@5 us, ring->submit 100 us, submit->done 50 us, done->response 50 us",
+            "U| [ 40.1] INFO  backend: urb trace: frontend 0 id 2 ep 0x81 len 4096 actual 4096 ring@6 us, ring->submit 100 us, submit->done 200 us, done->response 100 us",
+            "U| [ 40.1] INFO  backend: urb trace: frontend 0 id 3 ep 0x81 len 13 actual 13 ring@7 us, ring->submit 100 us, submit->done 50 us, done->response 50 us",
+            "XT: phase usbdom: done",
+        ]);
+        let b = breakdowns(&lines);
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].0, "direct");
+        assert!(b[0].1[1].trim_end().ends_with("50"), "{:?}", b[0].1);
+        assert_eq!(b[1].0, "usbdom");
+        // CBW: 600 us at the frontend, 200 in usbdom, 400 outside.
+        assert!(b[1].1[1].ends_with("400"), "{:?}", b[1].1);
+        assert!(b[1].1[6].ends_with("2200"), "{:?}", b[1].1);
     }
 
     #[test]

@@ -1,5 +1,3 @@
-// Wired into the Xen bench once its dom0 side records usbmon; until then only the tests use it.
-#![allow(dead_code)]
 //! Where the time of one 4 KiB read goes (issue 17's breakdown): the frontend's own timestamps of
 //! its URBs (dom0's usbmon, text interface: `S` submit / `C` complete per URB, in µs) beside
 //! usbdom's per-transfer trace (`usbdom.trace=1`: taken off the ring → submitted → done →
