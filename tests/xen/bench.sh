@@ -259,7 +259,7 @@ qusb_peer() {
     bus=$(cat /sys/bus/usb/devices/$BUSID/busnum); addr=$(cat /sys/bus/usb/devices/$BUSID/devnum)
     rm -rf /tmp/qdu && mkdir -p /tmp/qdu/bin /tmp/qdu/proc /tmp/qdu/sys /tmp/qdu/dev /tmp/qdu/tmp /tmp/qdu/lib /tmp/qdu/guest /tmp/qdu/tests
     cp /bin/busybox /tmp/qdu/bin/ && ln -s busybox /tmp/qdu/bin/sh && cp -a /lib/modules /tmp/qdu/lib/ && cp /guest/qd1 /tmp/qdu/guest/
-    cp /tests/lib.sh /tests/bench.sh /tmp/qdu/tests/
+    cp /tests/lib.sh /tests/bench.sh /tests/usbmon.sh /tmp/qdu/tests/
     cp /tests/bench-qusb-domu.sh /tmp/qdu/init && chmod +x /tmp/qdu/init
     (cd /tmp/qdu && find . | cpio -o -H newc > /tmp/qdu.cpio 2>/dev/null)
     xt "qusb: stick $BUSID (bus $bus, address $addr); domU initramfs $(wc -c < /tmp/qdu.cpio) bytes"
@@ -397,6 +397,96 @@ sg_phase() {
   fi
 }
 
+# via_usbdom_domu MODE FRONTEND: usbdom (grant copy, a fresh one) serves the stick to a Linux PV
+# domU, the production shape, which is the xen-hcd frontend (FRONTEND: xen-hcd, or xen-hcd-sg
+# from /guest/xen-hcd-sg.ko) and measures it itself (tests/xen/bench-domu.sh). Its console and
+# usbdom's are both followed. dom0's CPU rows are not taken here (dom0 only relays consoles).
+via_usbdom_domu() {
+  local mode=$1 fe=$2 du=$1-fe rc domid ufp dfp log
+  XT_NAME=usbdom-du
+  local B="--backend $XT_NAME"
+  if [ ! -f /guest/vmlinuz ]; then
+    echo "BENCH-SKIP $mode: no /guest/vmlinuz in dom0 for the domU (the host did not ship it)"
+    return
+  fi
+  phase "$mode: start usbdom, build the frontend domU"
+  usbdom_start 0; rc=$?
+  if [ $rc != 0 ]; then
+    bfail $mode-up "usbdom did not come up (rc=$rc)"
+    [ $rc = 2 ] && { xt_unfollow; xt_dump "$XT_NAME"; exit 2; }
+    xt_down
+    return
+  fi
+  ufp=$XT_FOLLOW_PID
+  wait_for 30 xt_find_devs $B || bfail $mode-list "usbdom list shows no stick"
+  rm -rf /tmp/ddu && mkdir -p /tmp/ddu/bin /tmp/ddu/proc /tmp/ddu/sys /tmp/ddu/dev /tmp/ddu/tmp /tmp/ddu/lib /tmp/ddu/guest /tmp/ddu/tests
+  cp /bin/busybox /tmp/ddu/bin/ && ln -s busybox /tmp/ddu/bin/sh && cp -a /lib/modules /tmp/ddu/lib/
+  cp /guest/qd1 /tmp/ddu/guest/
+  [ -f /guest/usbmon.ko ] && cp /guest/usbmon.ko /tmp/ddu/guest/
+  [ "$fe" = xen-hcd ] || cp /guest/$fe.ko /tmp/ddu/guest/
+  cp /tests/lib.sh /tests/bench.sh /tests/usbmon.sh /tmp/ddu/tests/
+  cp /tests/bench-domu.sh /tmp/ddu/init && chmod +x /tmp/ddu/init
+  (cd /tmp/ddu && find . | cpio -o -H newc > /tmp/ddu.cpio 2>/dev/null)
+  cat > /tmp/$du.cfg <<CFG
+name="$du"
+type="pv"
+kernel="/guest/vmlinuz"
+ramdisk="/tmp/ddu.cpio"
+extra="console=hvc0 rdinit=/init loglevel=4 xt.stick_sha256=$XT_STICK_SHA256 xt.mode=$mode xt.frontend=$fe"
+memory=192
+vcpus=1
+on_poweroff="destroy"
+on_crash="destroy"
+CFG
+  log=$CONSOLE_DIR/guest-$du.log
+  xt_follow $du ""; dfp=$XT_FOLLOW_PID
+  phase "$mode: xl create $du"
+  rm -f /tmp/$du.rc
+  ( timeout 120 xl create /tmp/$du.cfg > /tmp/$du.create.log 2>&1; echo $? > /tmp/$du.rc ) &
+  wait_for 130 test -f /tmp/$du.rc
+  rc=$(cat /tmp/$du.rc 2>/dev/null)
+  domid=$(xlt domid $du 2>/dev/null)
+  if [ "$rc" != 0 ] || [ -z "$domid" ]; then
+    bfail $mode-create "xl create $du failed (rc=${rc:-hung}): $(tail -3 /tmp/$du.create.log | tr '\n' ' ')"
+  elif ! wait_for 120 grep -q "XT: $mode: domU frontend ready" "$log"; then
+    bfail $mode-domu "the domU did not load its frontend within 120 s"
+  elif ! timeout 30 usbdom create-controller $domid --ports 1 --version 2 --wait $B >/tmp/cc.out 2>&1 ||
+    ! timeout 30 usbdom attach $domid 1 "$STICK" --wait $B >>/tmp/cc.out 2>&1; then
+    bfail $mode-attach "create-controller/attach for domain $domid failed: $(tr '\n' ' ' < /tmp/cc.out)"
+  elif ! domu_cpu $mode $log || ! wait_for 600 qusb_over_marker $du $domid XT-DOMU-DONE; then
+    bfail $mode-domu "the domU did not finish within 600 s"
+  elif ! grep -q 'XT-DOMU-DONE' "$log"; then
+    bfail $mode-domu "the domU is gone without finishing: $(grep -E 'panic|Failed' "$log" | head -2 | tr '\n' ' ')"
+  fi
+  sleep 1
+  kill $dfp 2>/dev/null
+  timeout 30 xl destroy $du 2>/dev/null
+  XT_FOLLOW_PID=$ufp
+  phase "$mode: done"
+  xt_down || xt "usbdom shutdown was not clean"
+}
+# domu_cpu MODE LOG: dom0's busy time and usbdom's CPU time across the domU's sequential read,
+# bounded by its phase lines as they arrive in LOG (polled every 0.5 s; the read takes tens of
+# seconds): MODE-seq-cpu-s and MODE-backend-seq-cpu-s. Fails only if the read never started.
+domu_cpu() {
+  local c0 c1 d0 d1
+  wait_for 300 grep -q "phase $1: seq read" "$2" || return 1
+  c0=$(busy_ticks); d0=$(dom_cpu $XT_NAME)
+  if wait_for 300 grep -q "BENCH-MEASURE $1-seq-mib-s" "$2"; then
+    c1=$(busy_ticks); d1=$(dom_cpu $XT_NAME)
+    M $1-seq-cpu-s "$(awk -v a=$c0 -v b=$c1 'BEGIN { printf "%.3f", (b - a) / 100 }')"
+    [ -n "$d0" ] && [ -n "$d1" ] && M $1-backend-seq-cpu-s "$(awk -v a=$d0 -v b=$d1 'BEGIN { printf "%.1f", b - a }')"
+  fi
+  return 0
+}
+# qusb_over_marker DU DOMID MARKER: the domU printed MARKER, or it is gone (seen twice).
+qusb_over_marker() {
+  grep -q "$3" "$CONSOLE_DIR/guest-$1.log" 2>/dev/null && return 0
+  timeout 10 xenstore-exists /local/domain/$2 2>/dev/null && return 1
+  sleep 1
+  ! timeout 10 xenstore-exists /local/domain/$2 2>/dev/null
+}
+
 # Sourced by a frontend domU (tests/xen/bench-qusb-domu.sh) for `measure` only.
 [ -n "$BENCH_LIB_ONLY" ] && return 0
 
@@ -412,6 +502,8 @@ if [ -n "$XT_BDF" ] && xt_assign "$XT_BDF"; then
   via_usbdom usbdom 0 usbdom
   via_usbdom usbmap 1 usbdom-map
   sg_phase
+  via_usbdom_domu usbdom-domu xen-hcd
+  via_usbdom_domu usbdom-domu-sg xen-hcd-sg
 else
   bfail usbdom-up "no USB host controller to assign ($XT_BDF)"
 fi

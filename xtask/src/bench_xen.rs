@@ -181,6 +181,18 @@ pub const MODES: &[Mode] = &[
         what: "usbdom, grant copy, dom0's frontend the scatter-gather xen-hcd-sg.ko (tests/xen-hcd/)",
     },
     Mode {
+        tag: "usbdom-domu",
+        key: "usbdom-domu",
+        column: "domU",
+        what: "usbdom, grant copy, a Linux PV domU is the (stock) xen-hcd frontend and measures; CPU: dom0's (relaying consoles) and usbdom's",
+    },
+    Mode {
+        tag: "usbdom-domu-sg",
+        key: "usbdom-domu-sg",
+        column: "domU-sg",
+        what: "as usbdom-domu, the domU's frontend the scatter-gather xen-hcd-sg.ko",
+    },
+    Mode {
         tag: "usbip",
         key: "usbip",
         column: "usbip",
@@ -697,6 +709,10 @@ pub fn run(r: &mut Report) {
             extra.extend(f);
         }
         Err(why) => host_skips.push(("qusb".into(), format!("not shipped to dom0: {why}"))),
+    }
+    // The kernel of the frontend domUs (qusb's, usbdom-domu's).
+    if !extra.iter().any(|(d, _)| d == "guest/vmlinuz") {
+        extra.push(("guest/vmlinuz".to_string(), art.vmlinuz.clone()));
     }
     match build_qd1(&dir) {
         Ok(b) => extra.push(("guest/qd1".to_string(), b)),
