@@ -29,6 +29,8 @@ echo "XT: $MODE: domU frontend ready"
 xt "phase $MODE: domU waits for the disk"
 if wait_for 120 new_disk; then
   xt "$MODE: /dev/$DISK ($(cat /sys/block/$DISK/size) sectors) in the domU"
+  # The SG frontend's 1 MiB commands (usb-storage keeps 120 KiB unless told).
+  [ "$FRONTEND" = xen-hcd ] || echo 2048 > /sys/block/$DISK/device/max_sectors
   xt "$MODE: queue max_sectors_kb=$(cat /sys/block/$DISK/queue/max_sectors_kb) max_hw_sectors_kb=$(cat /sys/block/$DISK/queue/max_hw_sectors_kb) max_segments=$(cat /sys/block/$DISK/queue/max_segments) frontend $FRONTEND"
   # Pauses longer than usbdom's 10 s statistics window, so each of its lines covers one phase.
   PAUSE=11 CPU_NAME=frontend-seq-cpu-s measure $MODE

@@ -2,8 +2,10 @@
 # PVUSB with the scatter-gather frontend: dom0 loads /guest/xen-hcd-sg.ko (xen-hcd.c +
 # tests/xen-hcd/xen-hcd-sg.patch, built by xtask) instead of xen-hcd and is usbdom's frontend.
 # Run as the user script of `cargo xtask e2e --script tests/xen/pvusb-sg.sh` (after e2e.sh's xt_up).
-# Checks: the queue limits the SG module gives usb-storage (max_segments 16, requests of at most
-# 60 KiB), the whole stick reads back as the image (64 KiB and 1 MiB O_DIRECT reads, O_DIRECT
+# Checks: the queue limits the SG module gives usb-storage (v2 of the patch: up to 256 segments,
+# usb-storage's default 120 KiB commands; then max_sectors 2048 makes them 1 MiB, each URB split
+# into consecutive usbif requests of at most 15 pages), the whole stick reads back as the image
+# (1 MiB O_DIRECT reads with 120 KiB commands, then with 1 MiB commands: 64 KiB and 1 MiB O_DIRECT
 # reads into buffers 512 and 3584 bytes past a page boundary (/usr/bin/odirect-cat: SG entries
 # that are not page-aligned, the largest requests spanning 16 pages), and a buffered read through
 # the page cache), 4 MiB of O_DIRECT writes in the middle read back and are
@@ -63,12 +65,6 @@ segs=$(cat $q/max_segments)
 hwkb=$(cat $q/max_hw_sectors_kb)
 kb=$(cat $q/max_sectors_kb)
 xt "sg: /dev/$DISK max_sectors_kb=$kb max_hw_sectors_kb=$hwkb max_segments=$segs max_segment_size=$(cat $q/max_segment_size)"
-if [ "$segs" = 16 ] && [ "$hwkb" -le 60 ]; then
-  pass sg-queue-limits
-else
-  fail sg-queue-limits "max_segments=$segs (want 16), max_hw_sectors_kb=$hwkb (want <= 60)"
-fi
-
 bytes=$(($(cat /sys/block/$DISK/size) * 512))
 [ "$bytes" = "$XT_STICK_BYTES" ] || fail size "device has $bytes bytes, the image $XT_STICK_BYTES"
 # read_check NAME DD-ARGS...: the whole device through dd has the image's sha256.
@@ -85,6 +81,17 @@ read_check() {
     fail $name "sha256 $sum != image $XT_STICK_SHA256 ($(tr '\n' ' ' </tmp/sg-dd.err))"
   fi
 }
+# usb-storage's own 120 KiB commands first (two requests per command), then 1 MiB commands.
+read_check sha256-odirect-1m-120k-commands bs=1M iflag=direct
+echo 2048 > /sys/block/$DISK/device/max_sectors
+kb2=$(cat $q/max_sectors_kb)
+xt "sg: after max_sectors 2048: max_sectors_kb=$kb2 max_hw_sectors_kb=$(cat $q/max_hw_sectors_kb)"
+if [ "$segs" -ge 16 ] && [ "$hwkb" = 120 ] && [ "$kb2" = 1024 ]; then
+  pass sg-queue-limits
+else
+  fail sg-queue-limits "max_segments=$segs (want >= 16), max_hw_sectors_kb=$hwkb (want 120), after max_sectors 2048 max_sectors_kb=$kb2 (want 1024)"
+fi
+
 read_check sha256-odirect-64k bs=64k iflag=direct
 read_check sha256-odirect-1m bs=1M iflag=direct
 # odirect_check MISALIGN CHUNK: the whole device through O_DIRECT reads of CHUNK bytes into a

@@ -178,7 +178,7 @@ pub const MODES: &[Mode] = &[
         tag: "usbdom-sg",
         key: "usbdom-dom0-sg",
         column: "sg",
-        what: "usbdom, grant copy, dom0's frontend the scatter-gather xen-hcd-sg.ko (tests/xen-hcd/)",
+        what: "usbdom, grant copy, dom0's frontend the scatter-gather xen-hcd-sg.ko (tests/xen-hcd/; 1 MiB commands: max_sectors 2048)",
     },
     Mode {
         tag: "usbdom-domu",

@@ -50,6 +50,7 @@ pub const DOMU_CHECKS: &[&str] = &[
 pub const SG_CHECKS: &[&str] = &[
     "insmod-xen-hcd-sg",
     "frontend-is-xen-hcd-sg",
+    "sha256-odirect-1m-120k-commands",
     "sg-queue-limits",
     "sha256-odirect-64k",
     "sha256-odirect-1m",

@@ -1211,7 +1211,7 @@ mod tests {
         assert!(p.starts_with("SPDX-License-Identifier: GPL-2.0\n"));
         assert!(p.contains("\n--- a/drivers/usb/host/xen-hcd.c"));
         assert!(p.contains("\n+++ b/drivers/usb/host/xen-hcd.c"));
-        assert!(p.contains("+\t\thcd->self.sg_tablesize = XENUSB_MAX_SEGMENTS_PER_REQUEST;"));
+        assert!(p.contains("+\t\thcd->self.sg_tablesize = XENHCD_SG_TABLESIZE;"));
     }
 
     #[test]
