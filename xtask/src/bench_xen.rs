@@ -385,6 +385,53 @@ fn json_num(v: Option<f64>) -> String {
 
 /// `target/bench/xen.json`: per JSON row key, an object of mode key → value (`null` when not
 /// measured), then the run's facts.
+/// The README's table of a run, from the same values as [`json`]: one column per mode (its JSON
+/// key), one row per [`ROWS`] entry with a JSON key, each value with its ratio to `direct`
+/// where that means something (throughput: mode/direct; latency and CPU: mode/direct as "×").
+pub fn markdown(o: &Outcome, meta: &Meta) -> String {
+    let mut t = format!(
+        "Run of {} on {}; stripped image {} bytes, `memory={}`.\n\n| |",
+        meta.date,
+        meta.machine,
+        meta.image_bytes,
+        meta.memory_mib
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| "?".into())
+    );
+    for md in MODES {
+        t.push_str(&format!(" {} |", md.key));
+    }
+    t.push_str("\n|---|");
+    for _ in MODES {
+        t.push_str("---|");
+    }
+    t.push('\n');
+    for (label, m, key) in ROWS {
+        if key.is_none() {
+            continue;
+        }
+        t.push_str(&format!("| {} |", label.trim()));
+        let direct = o.value("direct", *m);
+        for md in MODES {
+            let v = o.value(md.tag, *m);
+            let cell = match (v, md.tag) {
+                (None, _) => "–".to_string(),
+                (Some(v), "direct") => format!("{v:.1}"),
+                (Some(v), _) => match ratio(Some(v), direct) {
+                    Some(r) => format!("{v:.1} ({r:.2})"),
+                    None => format!("{v:.1}"),
+                },
+            };
+            t.push_str(&format!(" {cell} |"));
+        }
+        t.push('\n');
+    }
+    for (k, w) in &meta.skipped {
+        t.push_str(&format!("\n{k}: not measured: {w}\n"));
+    }
+    t
+}
+
 pub fn json(o: &Outcome, meta: &Meta) -> String {
     let mut parts = Vec::new();
     for (_, m, key) in ROWS {
@@ -860,6 +907,11 @@ pub fn run(r: &mut Report) {
         Ok(()) => println!("  results: {}", jpath.display()),
         Err(e) => println!("  could not write {}: {e}", jpath.display()),
     }
+    let mpath = util::target().join("bench/xen.md");
+    match fs::write(&mpath, markdown(&o, &meta)) {
+        Ok(()) => println!("  README table: {}", mpath.display()),
+        Err(e) => println!("  could not write {}: {e}", mpath.display()),
+    }
     let complete = rows.iter().filter(|r| r.every_mode).all(|r| {
         MODES
             .iter()
@@ -1041,6 +1093,43 @@ mod tests {
             }
         }
         Err("unterminated string".into())
+    }
+
+    #[test]
+    fn the_readme_table_has_every_mode_and_ratios_to_direct() {
+        let o = parse(&l(&[
+            "BENCH-MEASURE direct-seq-mib-s 200",
+            "BENCH-MEASURE usbdom-sg-seq-mib-s 100",
+            "BENCH-MEASURE usbdom-lat-median-us 2000",
+            "BENCH-MEASURE direct-lat-median-us 500",
+        ]));
+        let meta = Meta {
+            image_bytes: 519552,
+            memory_mib: Some(8),
+            date: "2026-12-04T17:00:00Z".into(),
+            machine: "vm".into(),
+            skipped: vec![("qusb".into(), "no qemu".into())],
+        };
+        let t = markdown(&o, &meta);
+        let header = t.lines().find(|l| l.starts_with("| |")).unwrap();
+        for md in MODES {
+            assert!(header.contains(md.key), "{header}");
+        }
+        let seq = t
+            .lines()
+            .find(|l| l.starts_with("| sequential read"))
+            .unwrap();
+        assert!(
+            seq.contains("| 200.0 |") && seq.contains("100.0 (0.50)"),
+            "{seq}"
+        );
+        let lat = t
+            .lines()
+            .find(|l| l.starts_with("| QD1 4 KiB median"))
+            .unwrap();
+        assert!(lat.contains("2000.0 (4.00)"), "{lat}");
+        assert!(t.contains("qusb: not measured: no qemu"), "{t}");
+        assert!(t.starts_with("Run of 2026-12-04T17:00:00Z on vm; stripped image 519552"));
     }
 
     #[test]
