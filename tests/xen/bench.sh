@@ -119,7 +119,7 @@ measure() {
   mon_start
   out=$(timeout 120 /guest/qd1 /dev/$DISK 200 42 2>&1)
   rc=$?
-  mon_stop 12
+  mon_stop 40
   if [ $rc = 0 ]; then
     xt "$mode: qd1 $out"
     for kv in $out; do

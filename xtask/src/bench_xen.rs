@@ -555,12 +555,32 @@ pub fn breakdowns(lines: &[Line]) -> Vec<(String, Vec<String>)> {
             .filter(|l| l.text.starts_with("U| "))
             .filter_map(|l| crate::breakdown::parse_trace(&l.text))
             .collect();
-        if let Some(t) = crate::breakdown::render(&crate::breakdown::parse_usbmon(mon), &traced) {
-            out.push((mode.to_string(), t));
+        // One table per bus (usbip has two: vhci, the frontend, and the xHCI under usbip-host).
+        let urbs = crate::breakdown::parse_usbmon(mon);
+        let mut buses: Vec<u32> = urbs.iter().map(|u| u.bus).collect();
+        buses.sort();
+        buses.dedup();
+        for bus in buses {
+            let on_bus: Vec<_> = urbs.iter().filter(|u| u.bus == bus).cloned().collect();
+            if let Some(t) = crate::breakdown::render(&on_bus, &traced) {
+                let name = if bus_count(&urbs) > 1 {
+                    format!("{mode} (bus {bus})")
+                } else {
+                    mode.to_string()
+                };
+                out.push((name, t));
+            }
         }
         i = end;
     }
     out
+}
+
+fn bus_count(urbs: &[crate::breakdown::MonUrb]) -> usize {
+    let mut b: Vec<u32> = urbs.iter().map(|u| u.bus).collect();
+    b.sort();
+    b.dedup();
+    b.len()
 }
 
 fn print_breakdowns(lines: &[Line]) {

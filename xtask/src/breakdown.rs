@@ -9,8 +9,9 @@
 /// One URB as usbmon saw it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MonUrb {
-    /// Endpoint type and direction (`Bo`, `Bi`, `Co`, `Ci`, `Ii`, ...), device, endpoint.
+    /// Endpoint type and direction (`Bo`, `Bi`, `Co`, `Ci`, `Ii`, ...), bus, endpoint.
     pub kind: String,
+    pub bus: u32,
     pub ep: u8,
     pub len: u32,
     pub submit_us: u64,
@@ -41,6 +42,7 @@ pub fn parse_usbmon<'a>(lines: impl IntoIterator<Item = &'a str>) -> Vec<MonUrb>
                 w[0].to_string(),
                 MonUrb {
                     kind: addr[0].to_string(),
+                    bus: addr[1].parse().unwrap_or(0),
                     ep,
                     len,
                     submit_us: t,
