@@ -521,9 +521,10 @@ fn dom0_kver(art: &xen::Artifacts) -> Result<String, String> {
 }
 
 /// The breakdown of each mode's last QD1 4 KiB read ([`crate::breakdown`]): the frontend's usbmon
-/// lines (`XT: usbmon: ` after the mode's `qd1` line) and, through usbdom, usbdom's trace lines
-/// printed at the next statistics line. Per mode, the lines between its `XT: phase <mode>: qd1 4k`
-/// marker and the next phase marker.
+/// lines of its traced QD1 reads (`XT: usbmon: `, recorded apart from the QD1 row, which usbmon
+/// would slow down) and, through usbdom, usbdom's trace lines printed at the next statistics
+/// line. Per mode, the lines between its `XT: phase <mode>: qd1 4k traced` marker and its
+/// `done` marker.
 pub fn breakdowns(lines: &[Line]) -> Vec<(String, Vec<String>)> {
     let mut out = Vec::new();
     let mut i = 0;
@@ -532,18 +533,14 @@ pub fn breakdowns(lines: &[Line]) -> Vec<(String, Vec<String>)> {
             .text
             .split("XT: phase ")
             .nth(1)
-            .and_then(|t| t.strip_suffix(": qd1 4k"))
+            .and_then(|t| t.strip_suffix(": qd1 4k traced"))
         else {
             i += 1;
             continue;
         };
         let end = lines[i + 1..]
             .iter()
-            .position(|l| {
-                l.text.contains("XT: phase ")
-                    && !l.text.contains(": qd1 4k")
-                    && l.text.contains(": done")
-            })
+            .position(|l| l.text.contains("XT: phase ") && l.text.contains(": done"))
             .map_or(lines.len(), |p| i + 1 + p);
         let part = &lines[i..end];
         let mon: Vec<&str> = part
@@ -1251,7 +1248,7 @@ mod tests {
     #[test]
     fn a_breakdown_per_mode_from_its_qd1_phase() {
         let lines = l(&[
-            "XT: phase direct: qd1 4k",
+            "XT: phase direct: qd1 4k traced",
             "XT: usbmon: a1 100 S Bo:1:002:2 -115 31 = 55534243",
             "XT: usbmon: a1 150 C Bo:1:002:2 0 31 >",
             "XT: usbmon: a2 160 S Bi:1:002:1 -115 4096 <",
@@ -1260,7 +1257,7 @@ mod tests {
             "XT: usbmon: a3 350 C Bi:1:002:1 0 13 =",
             "XT: phase direct: sha256 after",
             "XT: phase direct: done",
-            "XT: phase usbdom: qd1 4k",
+            "XT: phase usbdom: qd1 4k traced",
             "XT: usbmon: b1 1000 S Bo:3:002:2 -115 31 = 55534243",
             "XT: usbmon: b1 1600 C Bo:3:002:2 0 31 >",
             "XT: usbmon: b2 1700 S Bi:3:002:1 -115 4096 <",
