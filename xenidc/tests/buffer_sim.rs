@@ -182,8 +182,18 @@ fn reserved_slots_run_out_as_an_error_not_a_panic() {
     assert_eq!(be.stats().pages, 0, "bounce pages freed");
 }
 
-#[test]
-fn bounce_copies_in_and_out_with_grant_copy() {
+/// A frontend's 116-byte IN buffer over two granted pages (20 bytes at offset 10 of the first,
+/// 96 at offset 4000 of the second), bounced by a backend mapper with 4 bounce pages. The `Sim`
+/// is returned to keep the domains alive.
+#[allow(clippy::type_complexity)]
+fn bounced_two_pieces() -> (
+    Sim,
+    SimDomain,
+    SimDomain,
+    Vec<(LocalPage<HostMem>, GrantRef)>,
+    Mapper<SimDomain>,
+    xenidc::buffer::LocalBuffer,
+) {
     let sim = Sim::new();
     let mut be = sim.add_domain(BE);
     let mut fe = sim.add_domain(FE);
@@ -192,6 +202,12 @@ fn bounce_copies_in_and_out_with_grant_copy() {
     let rb = RemoteBuffer::new(FE, Direction::FromDevice, &segs, 116).unwrap();
     let mut mapper = Mapper::new(&mut be, FE, 0, 4).unwrap();
     let lb = mapper.bounce(&rb).unwrap();
+    (sim, be, fe, pages, mapper, lb)
+}
+
+#[test]
+fn bounce_copies_in_and_out_with_grant_copy() {
+    let (_sim, mut be, mut fe, pages, mut mapper, lb) = bounced_two_pieces();
     assert!(!lb.is_zero_copy());
     mapper.copy_in(&mut be, &lb).unwrap();
     let mut b = [0u8; 4];
@@ -273,14 +289,7 @@ mod props {
 /// piece boundary too, and an empty transfer makes no copy.
 #[test]
 fn copy_out_prefix_copies_only_the_delivered_bytes() {
-    let sim = Sim::new();
-    let mut be = sim.add_domain(BE);
-    let mut fe = sim.add_domain(FE);
-    let pages = granted(&mut fe, 2, false);
-    let segs = [seg(pages[0].1, 10, 20), seg(pages[1].1, 4000, 96)];
-    let rb = RemoteBuffer::new(FE, Direction::FromDevice, &segs, 116).unwrap();
-    let mut mapper = Mapper::new(&mut be, FE, 0, 4).unwrap();
-    let lb = mapper.bounce(&rb).unwrap();
+    let (_sim, mut be, _fe, pages, mut mapper, lb) = bounced_two_pieces();
     // Stale bytes of an "earlier transfer" fill the bounce pages; this one delivered 25.
     mapper.write(&lb, 0, &[0x55; 116]).unwrap();
     mapper.write(&lb, 0, &[0xaa; 25]).unwrap();

@@ -187,19 +187,30 @@ fn build_xen_hcd(dir: &Path, kver: &str, src_tar: &Path, out: &Path) -> Result<(
         "xen: building xen-hcd.ko for {kver} (extracting from {})",
         src_tar.display()
     );
+    extract_xen_hcd(src_tar, &b)?;
+    make_module(kver, &b, "xen-hcd", out)
+}
+
+/// `drivers/usb/host/xen-hcd.c` of the kernel source tarball `src_tar`, into directory `b`.
+fn extract_xen_hcd(src_tar: &Path, b: &Path) -> Result<(), String> {
     util::run(
         Command::new("tar")
             .arg("-xJf")
             .arg(src_tar)
             .arg("-C")
-            .arg(&b)
+            .arg(b)
             .args([
                 "--wildcards",
                 "--strip-components=4",
                 "*/drivers/usb/host/xen-hcd.c",
             ]),
-    )?;
-    fs::write(b.join("Makefile"), "obj-m := xen-hcd.o\n").map_err(|e| e.to_string())?;
+    )
+}
+
+/// Build `<name>.c` in directory `b` out of tree as module `<name>` against the headers of
+/// kernel `kver`, and copy the `.ko` to `out`.
+fn make_module(kver: &str, b: &Path, name: &str, out: &Path) -> Result<(), String> {
+    fs::write(b.join("Makefile"), format!("obj-m := {name}.o\n")).map_err(|e| e.to_string())?;
     util::run(
         Command::new("make")
             .arg("-C")
@@ -207,7 +218,7 @@ fn build_xen_hcd(dir: &Path, kver: &str, src_tar: &Path, out: &Path) -> Result<(
             .arg(format!("M={}", b.display()))
             .args(["CC=gcc-12", "modules"]),
     )?;
-    fs::copy(b.join("xen-hcd.ko"), out).map_err(|e| format!("xen-hcd.ko: {e}"))?;
+    fs::copy(b.join(format!("{name}.ko")), out).map_err(|e| format!("{name}.ko: {e}"))?;
     Ok(())
 }
 
@@ -224,18 +235,7 @@ fn build_xen_hcd_sg(
     let _ = fs::remove_dir_all(&b);
     fs::create_dir_all(&b).map_err(|e| e.to_string())?;
     println!("xen: building xen-hcd-sg.ko for {kver} (xen-hcd.c + {SG_PATCH})");
-    util::run(
-        Command::new("tar")
-            .arg("-xJf")
-            .arg(src_tar)
-            .arg("-C")
-            .arg(&b)
-            .args([
-                "--wildcards",
-                "--strip-components=4",
-                "*/drivers/usb/host/xen-hcd.c",
-            ]),
-    )?;
+    extract_xen_hcd(src_tar, &b)?;
     let pristine = b.join("xen-hcd.c");
     let patched = b.join("xen-hcd-sg.c");
     let patch_file = fs::File::open(patch).map_err(|e| format!("{}: {e}", patch.display()))?;
@@ -248,16 +248,7 @@ fn build_xen_hcd_sg(
     )
     .map_err(|e| format!("{SG_PATCH} does not apply to xen-hcd.c: {e}"))?;
     fs::remove_file(&pristine).map_err(|e| e.to_string())?;
-    fs::write(b.join("Makefile"), "obj-m := xen-hcd-sg.o\n").map_err(|e| e.to_string())?;
-    util::run(
-        Command::new("make")
-            .arg("-C")
-            .arg(format!("/lib/modules/{kver}/build"))
-            .arg(format!("M={}", b.display()))
-            .args(["CC=gcc-12", "modules"]),
-    )?;
-    fs::copy(b.join("xen-hcd-sg.ko"), out).map_err(|e| format!("xen-hcd-sg.ko: {e}"))?;
-    Ok(())
+    make_module(kver, &b, "xen-hcd-sg", out)
 }
 
 fn copy_into(root: &Path, src: &Path) -> Result<(), String> {

@@ -1519,6 +1519,41 @@ fn a_guest_reset_of_a_device_that_does_not_come_back_shows_a_disconnect() {
     assert_eq!(f.speeds.get(&1), Some(&0), "disconnect shown");
 }
 
+/// Send a READ(10) of 8 blocks at `lba` on device 5 of port 1 as usb-storage over stock xen-hcd
+/// does: the CBW (request `id`), one 512-byte bulk IN per block (`id + 1` ..= `id + 8`) and the
+/// CSW (`id + 9`). Returns the frontend pages of the eight data transfers.
+fn send_read_of_blocks(f: &mut Frontend, id: u16, lba: u32) -> Vec<usize> {
+    let (ci, cg) = f.page(true);
+    f.page_mem(ci)
+        .write_bytes(0, &cbw(id as u32, true, lba, 8))
+        .unwrap();
+    f.send(&request(
+        id,
+        bulk_pipe(1, 5, 2, false),
+        [0; 8],
+        &[(cg, 0, 31)],
+    ));
+    let mut data = Vec::new();
+    for n in 1..=8u16 {
+        let (pi, g) = f.page(false);
+        data.push(pi);
+        f.send(&request(
+            id + n,
+            bulk_pipe(1, 5, 1, true),
+            [0; 8],
+            &[(g, 0, 512)],
+        ));
+    }
+    let (_, sg) = f.page(false);
+    f.send(&request(
+        id + 9,
+        bulk_pipe(1, 5, 1, true),
+        [0; 8],
+        &[(sg, 0, 13)],
+    ));
+    data
+}
+
 /// A round's completions (a CBW, eight data packets and the CSW finishing at once, as when the
 /// controller's interrupt reports several transfers) are answered without the frontend seeing
 /// any of them, then published together with one notification, however eagerly the frontend
@@ -1527,33 +1562,8 @@ fn a_guest_reset_of_a_device_that_does_not_come_back_shows_a_disconnect() {
 fn completions_of_one_round_are_published_together_with_one_notification() {
     let (mut w, mut f) = connected(false, Speed::High);
     enumerate(&mut w, &mut f, 1, 5);
-    let (ci, cg) = f.page(true);
-    f.page_mem(ci).write_bytes(0, &cbw(77, true, 8, 8)).unwrap();
     w.hc.hold = true;
-    f.send(&request(
-        10,
-        bulk_pipe(1, 5, 2, false),
-        [0; 8],
-        &[(cg, 0, 31)],
-    ));
-    let mut data = Vec::new();
-    for id in 11..19u16 {
-        let (pi, g) = f.page(false);
-        data.push(pi);
-        f.send(&request(
-            id,
-            bulk_pipe(1, 5, 1, true),
-            [0; 8],
-            &[(g, 0, 512)],
-        ));
-    }
-    let (_, sg) = f.page(false);
-    f.send(&request(
-        19,
-        bulk_pipe(1, 5, 1, true),
-        [0; 8],
-        &[(sg, 0, 13)],
-    ));
+    let data = send_read_of_blocks(&mut f, 10, 8);
     w.run(&mut [&mut f]);
     assert!(f.responses.is_empty(), "held: {:?}", f.responses);
     assert_eq!(w.hc.queued(), 10, "all ten in the controller");
@@ -1672,32 +1682,7 @@ fn a_full_controller_ring_makes_transfers_wait_not_fail() {
     let (mut w, mut f) = connected(false, Speed::High);
     enumerate(&mut w, &mut f, 1, 5);
     w.hc.ring_capacity = Some(2);
-    let (ci, cg) = f.page(true);
-    f.page_mem(ci).write_bytes(0, &cbw(5, true, 16, 8)).unwrap();
-    f.send(&request(
-        40,
-        bulk_pipe(1, 5, 2, false),
-        [0; 8],
-        &[(cg, 0, 31)],
-    ));
-    let mut data = Vec::new();
-    for id in 41..49u16 {
-        let (pi, g) = f.page(false);
-        data.push(pi);
-        f.send(&request(
-            id,
-            bulk_pipe(1, 5, 1, true),
-            [0; 8],
-            &[(g, 0, 512)],
-        ));
-    }
-    let (_, sg) = f.page(false);
-    f.send(&request(
-        49,
-        bulk_pipe(1, 5, 1, true),
-        [0; 8],
-        &[(sg, 0, 13)],
-    ));
+    let data = send_read_of_blocks(&mut f, 40, 16);
     w.hc.hold = true;
     w.run(&mut [&mut f]);
     assert_eq!(
