@@ -1,6 +1,7 @@
 #!/bin/sh
-# /init of the frontend domU that tests/xen/bench.sh's via_usbdom_domu builds: usbdom serves it
-# the stick (the production shape: a Linux PV domU, not dom0, is the xen-hcd frontend). It loads
+# /init of the frontend domUs that tests/xen/bench.sh builds (domu_initramfs): usbdom serves it
+# the stick (via_usbdom_domu: the production shape, a Linux PV domU, not dom0, is the xen-hcd
+# frontend), or Xen's qusb backend does (qusb_peer: QEMU in dom0). It loads
 # the frontend named by xt.frontend (xen-hcd, or a module shipped at /guest/<name>.ko such as
 # xen-hcd-sg) and the storage drivers, waits for the disk and runs bench.sh's `measure <xt.mode>`
 # on it. Its console is copied to dom0's unprefixed, so its BENCH-MEASURE/BENCH-FAIL, usbmon and
@@ -15,6 +16,7 @@ for a in $(cat /proc/cmdline); do
     xt.stick_sha256=*) export XT_STICK_SHA256=${a#*=};;
     xt.mode=*) MODE=${a#*=};;
     xt.frontend=*) FRONTEND=${a#*=};;
+    xt.pause=*) PAUSE=${a#*=};;
   esac
 done
 BENCH_LIB_ONLY=1 . /tests/bench.sh
@@ -32,8 +34,9 @@ if wait_for 120 new_disk; then
   # The SG frontend's 1 MiB commands (usb-storage keeps 120 KiB unless told).
   [ "$FRONTEND" = xen-hcd ] || echo 2048 > /sys/block/$DISK/device/max_sectors
   xt "$MODE: queue max_sectors_kb=$(cat /sys/block/$DISK/queue/max_sectors_kb) max_hw_sectors_kb=$(cat /sys/block/$DISK/queue/max_hw_sectors_kb) max_segments=$(cat /sys/block/$DISK/queue/max_segments) frontend $FRONTEND"
-  # Pauses longer than usbdom's 10 s statistics window, so each of its lines covers one phase.
-  PAUSE=11 CPU_NAME=frontend-seq-cpu-s measure $MODE
+  # xt.pause: pauses longer than usbdom's 10 s statistics window, so each of its lines covers
+  # one phase. dom0 measures its own CPU time across the read; ours is the frontend's.
+  CPU_NAME=frontend-seq-cpu-s measure $MODE
 else
   bfail $MODE-disk "no /dev/sdX in the domU within 120 s of loading $FRONTEND"
   dmesg | tail -20 | sed 's/^/XT:   domU dmesg: /'

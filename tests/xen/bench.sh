@@ -229,7 +229,7 @@ usbip_peer() {
 # qusb: Xen's own PVUSB backend, QEMU in dom0 (`usbctrl=["type=qusb"]`, libxl starts
 # /usr/libexec/xen-qemu-system-i386 for the domain and hands it the stick as a usb-host device),
 # serving a Linux PV domU frontend (xen-hcd; the dom0 kernel at /guest/vmlinuz) that runs
-# `measure qusb` itself (tests/xen/bench-qusb-domu.sh); its console is copied to ours unprefixed.
+# `measure qusb` itself (tests/xen/bench-domu.sh); its console is copied to ours unprefixed.
 qusb_diag() {
   xt "---- qusb diagnostics ----"
   tail -30 /tmp/$1.create.log 2>/dev/null | sed 's/^/XT:   create: /'
@@ -241,15 +241,28 @@ qusb_diag() {
 }
 # busy_ticks: user+nice+system+irq+softirq of /proc/stat's cpu line (USER_HZ, 100 on x86).
 busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat; }
-# qusb_over DOMU DOMID: the domU finished, or is gone (crashed, powered off: its xenstore
-# directory is removed). "Gone" must be seen twice a second apart: dom0's busybox applets have
-# crashed under this load (a general protection fault in `timeout` or `grep`), which must not
-# read as a gone domain.
-qusb_over() {
-  grep -q 'XT-QUSB-DONE' "$CONSOLE_DIR/guest-$1.log" 2>/dev/null && return 0
+# domu_over DOMU DOMID: the frontend domU (tests/xen/bench-domu.sh) finished, or is gone
+# (crashed, powered off: its xenstore directory is gone, seen twice so a busy xenstored is not
+# taken for it).
+domu_over() {
+  grep -q 'XT-DOMU-DONE' "$CONSOLE_DIR/guest-$1.log" 2>/dev/null && return 0
   timeout 10 xenstore-exists /local/domain/$2 2>/dev/null && return 1
   sleep 1
   ! timeout 10 xenstore-exists /local/domain/$2 2>/dev/null
+}
+# domu_initramfs FRONTEND: /tmp/domu.cpio for a frontend domU running tests/xen/bench-domu.sh:
+# static busybox, this kernel's modules, qd1, the bench scripts, usbmon.ko, and FRONTEND's module
+# when it is not stock xen-hcd (/guest/FRONTEND.ko).
+domu_initramfs() {
+  local d=/tmp/domu
+  rm -rf $d && mkdir -p $d/bin $d/proc $d/sys $d/dev $d/tmp $d/lib $d/guest $d/tests
+  cp /bin/busybox $d/bin/ && ln -s busybox $d/bin/sh && cp -a /lib/modules $d/lib/
+  cp /guest/qd1 $d/guest/
+  [ -f /guest/usbmon.ko ] && cp /guest/usbmon.ko $d/guest/
+  [ "$1" = xen-hcd ] || cp /guest/$1.ko $d/guest/
+  cp /tests/lib.sh /tests/bench.sh /tests/usbmon.sh $d/tests/
+  cp /tests/bench-domu.sh $d/init && chmod +x $d/init
+  (cd $d && find . | cpio -o -H newc > /tmp/domu.cpio 2>/dev/null)
 }
 qusb_peer() {
   local du=qusb-fe bus addr a rc
@@ -263,18 +276,14 @@ qusb_peer() {
   fi
   if wait_for 60 usbip_find_busid; then
     bus=$(cat /sys/bus/usb/devices/$BUSID/busnum); addr=$(cat /sys/bus/usb/devices/$BUSID/devnum)
-    rm -rf /tmp/qdu && mkdir -p /tmp/qdu/bin /tmp/qdu/proc /tmp/qdu/sys /tmp/qdu/dev /tmp/qdu/tmp /tmp/qdu/lib /tmp/qdu/guest /tmp/qdu/tests
-    cp /bin/busybox /tmp/qdu/bin/ && ln -s busybox /tmp/qdu/bin/sh && cp -a /lib/modules /tmp/qdu/lib/ && cp /guest/qd1 /tmp/qdu/guest/
-    cp /tests/lib.sh /tests/bench.sh /tests/usbmon.sh /tmp/qdu/tests/
-    cp /tests/bench-qusb-domu.sh /tmp/qdu/init && chmod +x /tmp/qdu/init
-    (cd /tmp/qdu && find . | cpio -o -H newc > /tmp/qdu.cpio 2>/dev/null)
-    xt "qusb: stick $BUSID (bus $bus, address $addr); domU initramfs $(wc -c < /tmp/qdu.cpio) bytes"
+    domu_initramfs xen-hcd
+    xt "qusb: stick $BUSID (bus $bus, address $addr); domU initramfs $(wc -c < /tmp/domu.cpio) bytes"
     cat > /tmp/$du.cfg <<CFG
 name="$du"
 type="pv"
 kernel="/guest/vmlinuz"
-ramdisk="/tmp/qdu.cpio"
-extra="console=hvc0 rdinit=/init loglevel=4 xt.stick_sha256=$XT_STICK_SHA256"
+ramdisk="/tmp/domu.cpio"
+extra="console=hvc0 rdinit=/init loglevel=4 xt.stick_sha256=$XT_STICK_SHA256 xt.mode=qusb xt.frontend=xen-hcd"
 memory=192
 vcpus=1
 on_poweroff="destroy"
@@ -305,10 +314,10 @@ CFG
           M qusb-seq-cpu-s "$(awk -v a=$c0 -v b=$c1 'BEGIN { printf "%.3f", (b - a) / 100 }')"
         fi
       fi
-      if [ -z "$domid" ] || ! wait_for 400 qusb_over $du $domid; then
+      if [ -z "$domid" ] || ! wait_for 400 domu_over $du $domid; then
         bfail qusb-domu "the domU did not finish within 400 s"
         qusb_diag $du
-      elif ! grep -q 'XT-QUSB-DONE' "$CONSOLE_DIR/guest-$du.log"; then
+      elif ! grep -q 'XT-DOMU-DONE' "$CONSOLE_DIR/guest-$du.log"; then
         bfail qusb-domu "the domU is gone without finishing: $(grep -E 'panic|Failed' "$CONSOLE_DIR/guest-$du.log" | head -2 | tr '\n' ' ')"
         qusb_diag $du
       fi
@@ -428,20 +437,13 @@ via_usbdom_domu() {
   fi
   ufp=$XT_FOLLOW_PID
   wait_for 30 xt_find_devs $B || bfail $mode-list "usbdom list shows no stick"
-  rm -rf /tmp/ddu && mkdir -p /tmp/ddu/bin /tmp/ddu/proc /tmp/ddu/sys /tmp/ddu/dev /tmp/ddu/tmp /tmp/ddu/lib /tmp/ddu/guest /tmp/ddu/tests
-  cp /bin/busybox /tmp/ddu/bin/ && ln -s busybox /tmp/ddu/bin/sh && cp -a /lib/modules /tmp/ddu/lib/
-  cp /guest/qd1 /tmp/ddu/guest/
-  [ -f /guest/usbmon.ko ] && cp /guest/usbmon.ko /tmp/ddu/guest/
-  [ "$fe" = xen-hcd ] || cp /guest/$fe.ko /tmp/ddu/guest/
-  cp /tests/lib.sh /tests/bench.sh /tests/usbmon.sh /tmp/ddu/tests/
-  cp /tests/bench-domu.sh /tmp/ddu/init && chmod +x /tmp/ddu/init
-  (cd /tmp/ddu && find . | cpio -o -H newc > /tmp/ddu.cpio 2>/dev/null)
+  domu_initramfs $fe
   cat > /tmp/$du.cfg <<CFG
 name="$du"
 type="pv"
 kernel="/guest/vmlinuz"
-ramdisk="/tmp/ddu.cpio"
-extra="console=hvc0 rdinit=/init loglevel=4 xt.stick_sha256=$XT_STICK_SHA256 xt.mode=$mode xt.frontend=$fe"
+ramdisk="/tmp/domu.cpio"
+extra="console=hvc0 rdinit=/init loglevel=4 xt.stick_sha256=$XT_STICK_SHA256 xt.mode=$mode xt.frontend=$fe xt.pause=11"
 memory=192
 vcpus=1
 on_poweroff="destroy"
@@ -462,7 +464,7 @@ CFG
   elif ! timeout 30 usbdom create-controller $domid --ports 1 --version 2 --wait $B >/tmp/cc.out 2>&1 ||
     ! timeout 30 usbdom attach $domid 1 "$STICK" --wait $B >>/tmp/cc.out 2>&1; then
     bfail $mode-attach "create-controller/attach for domain $domid failed: $(tr '\n' ' ' < /tmp/cc.out)"
-  elif ! domu_cpu $mode $log || ! wait_for 600 qusb_over_marker $du $domid XT-DOMU-DONE; then
+  elif ! domu_cpu $mode $log || ! wait_for 600 domu_over $du $domid; then
     bfail $mode-domu "the domU did not finish within 600 s"
   elif ! grep -q 'XT-DOMU-DONE' "$log"; then
     bfail $mode-domu "the domU is gone without finishing: $(grep -E 'panic|Failed' "$log" | head -2 | tr '\n' ' ')"
@@ -488,15 +490,7 @@ domu_cpu() {
   fi
   return 0
 }
-# qusb_over_marker DU DOMID MARKER: the domU printed MARKER, or it is gone (seen twice).
-qusb_over_marker() {
-  grep -q "$3" "$CONSOLE_DIR/guest-$1.log" 2>/dev/null && return 0
-  timeout 10 xenstore-exists /local/domain/$2 2>/dev/null && return 1
-  sleep 1
-  ! timeout 10 xenstore-exists /local/domain/$2 2>/dev/null
-}
-
-# Sourced by a frontend domU (tests/xen/bench-qusb-domu.sh) for `measure` only.
+# Sourced by a frontend domU (tests/xen/bench-domu.sh) for `measure` only.
 [ -n "$BENCH_LIB_ONLY" ] && return 0
 
 # The modes, in order: dom0 owning the controller (direct, then usbip), then through usbdom, both

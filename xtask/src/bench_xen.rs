@@ -11,7 +11,7 @@
 //! libxl starts QEMU for Xen, Debian's `qemu-system-xen`, shipped per run with its libraries, for
 //! a Linux PV domU with `usbctrl=["type=qusb"]`; QEMU takes the stick from dom0's xHCI as a
 //! `usb-host` device; the domU, the dom0 kernel with a busybox initramfs dom0 packs, is the
-//! `xen-hcd` frontend and runs the measurements itself, `tests/xen/bench-qusb-domu.sh`; its dom0
+//! `xen-hcd` frontend and runs the measurements itself, `tests/xen/bench-domu.sh`; its dom0
 //! CPU row is dom0's busy time across the domU's read, taken by dom0); then it unloads the xHCI
 //! driver, hands the controller to usbdom (`xl pci=`), becomes its `xen-hcd` frontend and
 //! measures again, twice, each time with a fresh usbdom: with the grant-copy data path
