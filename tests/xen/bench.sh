@@ -250,6 +250,22 @@ domu_over() {
   sleep 1
   ! timeout 10 xenstore-exists /local/domain/$2 2>/dev/null
 }
+# domu_cfg NAME ARGS [LINES]: /tmp/NAME.cfg for a frontend domU booting /tmp/domu.cpio, with ARGS
+# after the usual kernel command line (the image's sha256 included) and further xl config LINES.
+domu_cfg() {
+  cat > /tmp/$1.cfg <<CFG
+name="$1"
+type="pv"
+kernel="/guest/vmlinuz"
+ramdisk="/tmp/domu.cpio"
+extra="console=hvc0 rdinit=/init loglevel=4 xt.stick_sha256=$XT_STICK_SHA256 $2"
+memory=192
+vcpus=1
+on_poweroff="destroy"
+on_crash="destroy"
+${3:-}
+CFG
+}
 # domu_initramfs FRONTEND: /tmp/domu.cpio for a frontend domU running tests/xen/bench-domu.sh:
 # static busybox, this kernel's modules, qd1, the bench scripts, usbmon.ko, and FRONTEND's module
 # when it is not stock xen-hcd (/guest/FRONTEND.ko).
@@ -278,19 +294,8 @@ qusb_peer() {
     bus=$(cat /sys/bus/usb/devices/$BUSID/busnum); addr=$(cat /sys/bus/usb/devices/$BUSID/devnum)
     domu_initramfs xen-hcd
     xt "qusb: stick $BUSID (bus $bus, address $addr); domU initramfs $(wc -c < /tmp/domu.cpio) bytes"
-    cat > /tmp/$du.cfg <<CFG
-name="$du"
-type="pv"
-kernel="/guest/vmlinuz"
-ramdisk="/tmp/domu.cpio"
-extra="console=hvc0 rdinit=/init loglevel=4 xt.stick_sha256=$XT_STICK_SHA256 xt.mode=qusb xt.frontend=xen-hcd"
-memory=192
-vcpus=1
-on_poweroff="destroy"
-on_crash="destroy"
-usbctrl=["type=qusb,version=2,ports=4"]
-usbdev=["hostbus=$bus,hostaddr=$addr,controller=0,port=1"]
-CFG
+    domu_cfg $du "xt.mode=qusb xt.frontend=xen-hcd" 'usbctrl=["type=qusb,version=2,ports=4"]
+usbdev=["hostbus='$bus',hostaddr='$addr',controller=0,port=1"]'
     xt_follow $du ""
     phase "qusb: xl create $du (QEMU backend)"
     rm -f /tmp/$du.rc
@@ -438,17 +443,7 @@ via_usbdom_domu() {
   ufp=$XT_FOLLOW_PID
   wait_for 30 xt_find_devs $B || bfail $mode-list "usbdom list shows no stick"
   domu_initramfs $fe
-  cat > /tmp/$du.cfg <<CFG
-name="$du"
-type="pv"
-kernel="/guest/vmlinuz"
-ramdisk="/tmp/domu.cpio"
-extra="console=hvc0 rdinit=/init loglevel=4 xt.stick_sha256=$XT_STICK_SHA256 xt.mode=$mode xt.frontend=$fe xt.pause=11"
-memory=192
-vcpus=1
-on_poweroff="destroy"
-on_crash="destroy"
-CFG
+  domu_cfg $du "xt.mode=$mode xt.frontend=$fe xt.pause=11"
   log=$CONSOLE_DIR/guest-$du.log
   xt_follow $du ""; dfp=$XT_FOLLOW_PID
   phase "$mode: xl create $du"
