@@ -516,9 +516,12 @@ impl<H: Hypervisor> Mapper<H> {
         Self::copy_result(buf, &self.copy_ops)
     }
 
-    /// [`Mapper::copy_out_prefix`] of several buffers (each with the bytes it delivered), with
-    /// their pieces in as few grant-copy hypercalls as the hypervisor layer allows, instead of
-    /// one or more per buffer. Returns one result per buffer, in order.
+    /// Bounce buffers, after IN transfers: copy back the first `len` bytes of each buffer, what
+    /// its transfer delivered, with the pieces of all of them in as few grant-copy hypercalls as
+    /// the hypervisor layer allows, instead of one or more per buffer. The peer's bytes past
+    /// `len` are not written (nor is anything earlier transfers left in the bounce pages copied
+    /// to it), a short transfer costs no copy of what it did not fill, and nothing to copy makes
+    /// no hypercall. Mapped buffers need no copy. Returns one result per buffer, in order.
     pub fn copy_out_many(
         &mut self,
         hv: &mut H,
@@ -557,19 +560,6 @@ impl<H: Hypervisor> Mapper<H> {
     /// No-op for mapped buffers.
     pub fn copy_out(&mut self, hv: &mut H, buf: &LocalBuffer) -> Result<(), BufferError> {
         self.copy(hv, buf, false, buf.len as usize)
-    }
-
-    /// [`Mapper::copy_out`] of the first `len` bytes only: what an IN transfer delivered
-    /// (its actual length). The peer's bytes past them are not written (nor is anything left
-    /// in the bounce pages by earlier transfers copied to it), and a short transfer costs no
-    /// copy of what it did not fill. No hypercall for `len` 0.
-    pub fn copy_out_prefix(
-        &mut self,
-        hv: &mut H,
-        buf: &LocalBuffer,
-        len: usize,
-    ) -> Result<(), BufferError> {
-        self.copy(hv, buf, false, len.min(buf.len as usize))
     }
 
     /// Call `f(bus_addr, len)` for each piece, in order: the DMA scatter list.

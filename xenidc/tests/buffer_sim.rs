@@ -288,13 +288,14 @@ mod props {
 /// as they were (nothing of an earlier transfer left in the bounce pages reaches it), over a
 /// piece boundary too, and an empty transfer makes no copy.
 #[test]
-fn copy_out_prefix_copies_only_the_delivered_bytes() {
+fn copy_out_many_copies_only_the_delivered_bytes() {
     let (_sim, mut be, _fe, pages, mut mapper, lb) = bounced_two_pieces();
     // Stale bytes of an "earlier transfer" fill the bounce pages; this one delivered 25.
     mapper.write(&lb, 0, &[0x55; 116]).unwrap();
     mapper.write(&lb, 0, &[0xaa; 25]).unwrap();
     let copies = be.stats().copies_total;
-    mapper.copy_out_prefix(&mut be, &lb, 25).unwrap();
+    let r = mapper.copy_out_many(&mut be, &[(&lb, 25)]);
+    assert!(matches!(r[..], [Ok(())]), "{r:?}");
     assert_eq!(be.stats().copies_total, copies + 2, "two pieces, one call");
     assert_eq!(pages[0].0.mem.read_u8(29).unwrap(), 0xaa);
     assert_eq!(pages[1].0.mem.read_u8(4000).unwrap(), 0xaa);
@@ -305,7 +306,8 @@ fn copy_out_prefix_copies_only_the_delivered_bytes() {
         "past actual: untouched"
     );
     assert_eq!(pages[1].0.mem.read_u8(4095).unwrap(), 2);
-    mapper.copy_out_prefix(&mut be, &lb, 0).unwrap();
+    let r = mapper.copy_out_many(&mut be, &[(&lb, 0)]);
+    assert!(matches!(r[..], [Ok(())]), "{r:?}");
     assert_eq!(
         be.stats().copies_total,
         copies + 2,

@@ -1519,13 +1519,13 @@ fn a_guest_reset_of_a_device_that_does_not_come_back_shows_a_disconnect() {
     assert_eq!(f.speeds.get(&1), Some(&0), "disconnect shown");
 }
 
-/// Send a READ(10) of 8 blocks at `lba` on device 5 of port 1 as usb-storage over stock xen-hcd
-/// does: the CBW (request `id`), one 512-byte bulk IN per block (`id + 1` ..= `id + 8`) and the
-/// CSW (`id + 9`). Returns the frontend pages of the eight data transfers.
-fn send_read_of_blocks(f: &mut Frontend, id: u16, lba: u32) -> Vec<usize> {
+/// Send a READ(10) of `n` blocks at `lba` on device 5 of port 1 as usb-storage over stock
+/// xen-hcd does: the CBW (request `id`), one 512-byte bulk IN per block (`id + 1` ..= `id + n`)
+/// and the CSW (`id + n + 1`). Returns the frontend page and grant of each data transfer.
+fn send_read_of_blocks(f: &mut Frontend, id: u16, lba: u32, n: u16) -> Vec<(usize, GrantRef)> {
     let (ci, cg) = f.page(true);
     f.page_mem(ci)
-        .write_bytes(0, &cbw(id as u32, true, lba, 8))
+        .write_bytes(0, &cbw(id as u32, true, lba, n))
         .unwrap();
     f.send(&request(
         id,
@@ -1534,11 +1534,11 @@ fn send_read_of_blocks(f: &mut Frontend, id: u16, lba: u32) -> Vec<usize> {
         &[(cg, 0, 31)],
     ));
     let mut data = Vec::new();
-    for n in 1..=8u16 {
+    for k in 1..=n {
         let (pi, g) = f.page(false);
-        data.push(pi);
+        data.push((pi, g));
         f.send(&request(
-            id + n,
+            id + k,
             bulk_pipe(1, 5, 1, true),
             [0; 8],
             &[(g, 0, 512)],
@@ -1546,7 +1546,7 @@ fn send_read_of_blocks(f: &mut Frontend, id: u16, lba: u32) -> Vec<usize> {
     }
     let (_, sg) = f.page(false);
     f.send(&request(
-        id + 9,
+        id + n + 1,
         bulk_pipe(1, 5, 1, true),
         [0; 8],
         &[(sg, 0, 13)],
@@ -1563,7 +1563,7 @@ fn completions_of_one_round_are_published_together_with_one_notification() {
     let (mut w, mut f) = connected(false, Speed::High);
     enumerate(&mut w, &mut f, 1, 5);
     w.hc.hold = true;
-    let data = send_read_of_blocks(&mut f, 10, 8);
+    let data = send_read_of_blocks(&mut f, 10, 8, 8);
     w.run(&mut [&mut f]);
     assert!(f.responses.is_empty(), "held: {:?}", f.responses);
     assert_eq!(w.hc.queued(), 10, "all ten in the controller");
@@ -1607,7 +1607,7 @@ fn completions_of_one_round_are_published_together_with_one_notification() {
         let r = ok(&mut f, id);
         assert_eq!((r.status, r.actual_length), (S::OK, 512));
         let mut b = vec![0u8; 512];
-        f.page_mem(data[i]).read_bytes(0, &mut b).unwrap();
+        f.page_mem(data[i].0).read_bytes(0, &mut b).unwrap();
         assert_eq!(b, disk(&mut w, 1, 8 + i, 1), "block {i}");
     }
     assert_eq!(ok(&mut f, 19).actual_length, 13);
@@ -1620,36 +1620,9 @@ fn completions_of_one_round_are_published_together_with_one_notification() {
 fn a_grant_revoked_mid_transfer_fails_only_its_own_copy_out() {
     let (mut w, mut f) = connected(false, Speed::High);
     enumerate(&mut w, &mut f, 1, 5);
-    let (ci, cg) = f.page(true);
-    f.page_mem(ci).write_bytes(0, &cbw(9, true, 0, 2)).unwrap();
-    let (p1, g1) = f.page(false);
-    let (_, g2) = f.page(false);
-    let (_, sg) = f.page(false);
     w.hc.hold = true;
-    f.send(&request(
-        20,
-        bulk_pipe(1, 5, 2, false),
-        [0; 8],
-        &[(cg, 0, 31)],
-    ));
-    f.send(&request(
-        21,
-        bulk_pipe(1, 5, 1, true),
-        [0; 8],
-        &[(g1, 0, 512)],
-    ));
-    f.send(&request(
-        22,
-        bulk_pipe(1, 5, 1, true),
-        [0; 8],
-        &[(g2, 0, 512)],
-    ));
-    f.send(&request(
-        23,
-        bulk_pipe(1, 5, 1, true),
-        [0; 8],
-        &[(sg, 0, 13)],
-    ));
+    let data = send_read_of_blocks(&mut f, 20, 0, 2);
+    let ((p1, _), (_, g2)) = (data[0], data[1]);
     w.run(&mut [&mut f]);
     assert!(f.responses.is_empty());
     f.dom.end_access(g2).unwrap();
@@ -1682,7 +1655,7 @@ fn a_full_controller_ring_makes_transfers_wait_not_fail() {
     let (mut w, mut f) = connected(false, Speed::High);
     enumerate(&mut w, &mut f, 1, 5);
     w.hc.ring_capacity = Some(2);
-    let data = send_read_of_blocks(&mut f, 40, 16);
+    let data = send_read_of_blocks(&mut f, 40, 16, 8);
     w.hc.hold = true;
     w.run(&mut [&mut f]);
     assert_eq!(
@@ -1698,7 +1671,7 @@ fn a_full_controller_ring_makes_transfers_wait_not_fail() {
         let r = ok(&mut f, id);
         assert_eq!((r.status, r.actual_length), (S::OK, 512), "request {id}");
         let mut b = vec![0u8; 512];
-        f.page_mem(data[i]).read_bytes(0, &mut b).unwrap();
+        f.page_mem(data[i].0).read_bytes(0, &mut b).unwrap();
         assert_eq!(b, disk(&mut w, 1, 16 + i, 1), "block {i}");
     }
     assert_eq!(status(&mut f, 49), S::OK);
